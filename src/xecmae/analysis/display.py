@@ -1,0 +1,183 @@
+"""Event displays: every face drawn in its physical coordinates (cm).
+
+The unrolled view puts the inner face in the middle (z across, arc length ``64.97 * phi`` up),
+the upstream and downstream faces left and right of it, the top and bottom PMT planes above and
+below as circles at their true positions, and the outer face (fine grid, with its centre patch)
+in a panel of its own. Dead sensors are grey; hidden (masked) sensors are outlined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.collections import PatchCollection
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.patches import Circle, Rectangle
+
+from xecmae import geometry as geo
+
+DEAD_COLOUR = "0.75"
+_GAP = 4.0  # cm between faces in the unrolled view
+_INNER_HALF_Z = geo.INNER_SHAPE[1] * geo.INNER_DZ / 2
+_INNER_ROW_ARC = geo.INNER_RADIUS * np.deg2rad(geo.INNER_DPHI)
+_LATERAL_ROW_ARC = geo.INNER_RADIUS * np.deg2rad(geo.OUTER_DPHI)
+_V_TOP = geo.INNER_RADIUS * np.deg2rad(46.5 * geo.INNER_DPHI)
+
+
+def _cells(face: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sensor ids and rectangle corners (x0, y0, width, height) of a rectangular face."""
+    if face == "inner":
+        ids = geo.inner_map()
+        rows, cols = np.indices(ids.shape)
+        x0 = -_INNER_HALF_Z + cols * geo.INNER_DZ
+        y0 = _V_TOP - (rows + 1) * _INNER_ROW_ARC
+        return ids.ravel(), x0.ravel(), y0.ravel(), np.full(ids.size, geo.INNER_DZ), np.full(ids.size, _INNER_ROW_ARC)
+    if face in ("us", "ds"):
+        ids = geo.lateral_map(face)
+        rows, rings = np.indices(ids.shape)
+        width = geo.LATERAL_DR
+        x_inner = -_INNER_HALF_Z - _GAP - (rings + 1) * width if face == "us" else _INNER_HALF_Z + _GAP + rings * width
+        y0 = _V_TOP - (rows + 1) * _LATERAL_ROW_ARC
+        return ids.ravel(), x_inner.ravel(), y0.ravel(), np.full(ids.size, width), np.full(ids.size, _LATERAL_ROW_ARC)
+    if face == "outer":
+        # one rectangle per sensor footprint on the fine grid; z across, phi up
+        fine = geo.outer_fine_map()
+        cell_z = geo.OUTER_DZ / geo.COARSE_CELL[0]
+        cell_v = geo.OUTER_RADIUS * np.deg2rad(geo.OUTER_DPHI) / geo.COARSE_CELL[1]
+        ids = geo.outer_ids()
+        x0, y0, w, h = (np.empty(len(ids)) for _ in range(4))
+        for k, sensor in enumerate(ids):
+            r, c = np.nonzero(fine == sensor)
+            x0[k] = (r.min() - fine.shape[0] / 2) * cell_z
+            w[k] = (r.max() - r.min() + 1) * cell_z
+            y0[k] = (fine.shape[1] / 2 - c.max() - 1) * cell_v
+            h[k] = (c.max() - c.min() + 1) * cell_v
+        return ids, x0, y0, w, h
+    raise ValueError(f"{face} is not a rectangular face")
+
+
+def _circles(face: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = geo.hex_ids(face)
+    z, r = geo.hex_plane_coords().T
+    depth = r - geo.HEX_R0 + geo.PMT_RADIUS + _GAP
+    y = _V_TOP + depth if face == "top" else _V_TOP - 2 * _V_TOP - depth
+    return ids, z, y
+
+
+def draw_face(ax, face: str, values: np.ndarray, *, cmap="viridis", norm=None,
+              dead: np.ndarray | None = None, hidden: np.ndarray | None = None):
+    """Draw one face of a (4760,) value vector; returns the collection for a colour bar."""
+    cmap = plt.get_cmap(cmap)
+    if face in geo.HEX_FACES:
+        ids, x, y = _circles(face)
+        patches = [Circle((a, b), geo.PMT_RADIUS) for a, b in zip(x, y, strict=True)]
+    else:
+        ids, x0, y0, w, h = _cells(face)
+        patches = [Rectangle((a, b), c, d) for a, b, c, d in zip(x0, y0, w, h, strict=True)]
+    collection = PatchCollection(patches, cmap=cmap, norm=norm, linewidths=0)
+    vals = np.asarray(values, dtype=float)[ids]
+    bad = ~np.isfinite(vals) if dead is None else (np.asarray(dead)[ids] | ~np.isfinite(vals))
+    if isinstance(norm, LogNorm):
+        bad = bad | (vals <= 0)
+    collection.set_array(np.ma.masked_array(vals, mask=bad))
+    cmap.set_bad(DEAD_COLOUR)
+    ax.add_collection(collection)
+    if hidden is not None and np.asarray(hidden)[ids].any():
+        sel = np.flatnonzero(np.asarray(hidden)[ids])
+        outline = PatchCollection([_copy_patch(patches[k]) for k in sel], facecolor="none",
+                                  edgecolor="red", linewidths=0.4)
+        ax.add_collection(outline)
+    ax.autoscale_view()
+    ax.set_aspect("equal")
+    return collection
+
+
+def _copy_patch(patch):
+    if isinstance(patch, Circle):
+        return Circle(patch.center, patch.radius)
+    return Rectangle(patch.get_xy(), patch.get_width(), patch.get_height())
+
+
+def draw_unrolled(ax_main, ax_outer, values: np.ndarray, *, cmap="viridis", norm=None,
+                  dead=None, hidden=None):
+    """All six faces in their physical arrangement; the outer face goes to ``ax_outer``."""
+    mappable = None
+    for face in ("inner", "us", "ds", "top", "bottom"):
+        mappable = draw_face(ax_main, face, values, cmap=cmap, norm=norm, dead=dead, hidden=hidden)
+    draw_face(ax_outer, "outer", values, cmap=cmap, norm=norm, dead=dead, hidden=hidden)
+    ax_main.set_xlabel("z [cm]  (US left, DS right)")
+    ax_main.set_ylabel("64.97 cm x phi [cm]  (top PMTs above, bottom below)")
+    ax_outer.set_xlabel("z [cm]")
+    ax_outer.set_ylabel("106.27 cm x phi [cm]")
+    ax_outer.set_title("outer")
+    return mappable
+
+
+def npho_norm(values: np.ndarray, valid: np.ndarray | None = None) -> LogNorm:
+    v = np.asarray(values, dtype=float)
+    ok = np.isfinite(v) & (v > 0) & (True if valid is None else np.asarray(valid))
+    vmax = max(float(v[ok].max()) if ok.any() else 10.0, 10.0)
+    return LogNorm(vmin=max(vmax * 1e-4, 1.0), vmax=vmax)
+
+
+def linear_norm(values: np.ndarray, valid: np.ndarray | None = None, symmetric: bool = False) -> Normalize:
+    v = np.asarray(values, dtype=float)
+    ok = np.isfinite(v) & (True if valid is None else np.asarray(valid))
+    if not ok.any():
+        return Normalize(-1, 1)
+    lo, hi = np.percentile(v[ok], [1, 99])
+    if symmetric:
+        m = max(abs(lo), abs(hi), 1e-12)
+        return Normalize(-m, m)
+    return Normalize(lo, hi if hi > lo else lo + 1)
+
+
+def event_figure(panels: Sequence[tuple[str, np.ndarray, object, str]], *, dead=None, hidden=None,
+                 title: str = "") -> plt.Figure:
+    """One row per panel ``(label, values, norm, cmap)``, each drawn unrolled with its outer face."""
+    fig = plt.figure(figsize=(13, 6.2 * len(panels)), layout="constrained")
+    grid = fig.add_gridspec(len(panels), 2, width_ratios=(2.2, 1))
+    for k, (label, values, norm, cmap) in enumerate(panels):
+        ax_main, ax_outer = fig.add_subplot(grid[k, 0]), fig.add_subplot(grid[k, 1])
+        mappable = draw_unrolled(ax_main, ax_outer, values, cmap=cmap, norm=norm, dead=dead, hidden=hidden)
+        ax_main.set_title(label)
+        fig.colorbar(mappable, ax=[ax_main, ax_outer], shrink=0.8, label=label)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def face_grid_figure(rows: Sequence[tuple[str, np.ndarray, object, str]], *, dead=None, hidden=None,
+                     title: str = "") -> plt.Figure:
+    """Rows of panels (e.g. truth / masked / prediction / residual), one column per face."""
+    faces = geo.FACE_NAMES
+    widths = (1.0, 0.45, 0.45, 1.3, 0.7, 0.7)
+    fig, axes = plt.subplots(len(rows), len(faces), figsize=(17, 3.1 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": widths}, layout="constrained")
+    for r, (label, values, norm, cmap) in enumerate(rows):
+        mappable = None
+        for c, face in enumerate(faces):
+            mappable = draw_face(axes[r, c], face, values, cmap=cmap, norm=norm, dead=dead, hidden=hidden)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(face)
+        axes[r, 0].set_ylabel(label)
+        fig.colorbar(mappable, ax=axes[r, :].tolist(), shrink=0.9, label=label)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def geometry_figure() -> plt.Figure:
+    """The six faces coloured by face, with each sensor's id parity to show the cells."""
+    faces = geo.face_of_sensor().astype(float) + 0.35 * (np.arange(geo.N_SENSORS) % 2)
+    norm = Normalize(0, len(geo.FACE_NAMES))
+    fig = event_figure([("face index (shade alternates by sensor id)", faces, norm, "tab20")],
+                       title="XEC sensors: 4092 MPPC (inner) and 668 PMT")
+    return fig

@@ -1,0 +1,1 @@
+"""One module per ``xecmae`` subcommand: ``add_arguments(parser)`` and ``run(args) -> int``."""

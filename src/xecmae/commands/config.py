@@ -1,0 +1,33 @@
+"""``xecmae config show``: the configuration a run would use, as YAML."""
+
+from __future__ import annotations
+
+import argparse
+
+from xecmae.config import MAEConfig, add_config_flags, config_from_args
+
+SCHEMAS = {"mae": MAEConfig}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["show"], help="show: print the resolved configuration")
+    parser.add_argument("--kind", choices=sorted(SCHEMAS), default="mae", help="which run's schema (default mae)")
+    parser.add_argument("--get", metavar="KEY", default=None,
+                        help="print only this dotted key's value (for scripts), e.g. training.epochs")
+    add_config_flags(parser, MAEConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, SCHEMAS[args.kind])
+    if args.get is None:
+        print(cfg.to_yaml(), end="")
+        return 0
+    value = cfg.model_dump(mode="json")
+    for key in args.get.split("."):
+        if not isinstance(value, dict) or key not in value:
+            from xecmae.config import ConfigError
+
+            raise ConfigError(f"{args.get}: no such key")
+        value = value[key]
+    print(" ".join(map(str, value)) if isinstance(value, list) else ("" if value is None else value))
+    return 0

@@ -1,0 +1,448 @@
+"""Validated configuration: pydantic sections, YAML loading, legacy keys and command-line overrides.
+
+A configuration is built in four steps, each of which can fail with a message that names the
+offending key: read the YAML (never written back), migrate deprecated flat keys to their
+nested homes, apply command-line overrides, validate against the schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import types
+import typing
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xecmae.errors import UserError
+from xecmae.geometry import outer_grid_shape
+from xecmae.normalize import Normalizer
+from xecmae.sizes import MODEL_SIZES
+
+Channel = Literal["npho", "time"]
+PathSpec = str | list[str] | None
+LossName = Literal["smooth_l1", "mse", "l1", "huber"]
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- sections --------------------------------------------------------------------------------
+class DataConfig(Section):
+    train_path: PathSpec = None
+    """ROOT file, glob, directory, list, text file of paths, or a ``sim://`` source."""
+    val_path: PathSpec = None
+    tree_name: str = "tree"
+    npho_branch: str = "npho"
+    time_branch: str = "relative_time"
+    batch_size: Annotated[int, Field(gt=0)] = 1024
+    chunksize: Annotated[int, Field(gt=0)] = 10000
+    num_workers: Annotated[int, Field(ge=0)] = 2
+    num_threads: Annotated[int, Field(gt=0)] = 2
+    prefetch_factor: Annotated[int, Field(gt=0)] = 2
+    shuffle_buffer: Annotated[int, Field(ge=0)] = 20000
+    drop_last: bool = True
+    max_events: Annotated[int, Field(gt=0)] | None = None
+    """Stop an epoch after this many training events (all ranks together); null = whole input."""
+    val_max_events: Annotated[int, Field(gt=0)] | None = None
+
+
+class NormalizationConfig(Section):
+    npho_scheme: Literal["log1p", "anscombe", "sqrt", "linear"] = "log1p"
+    npho_scale: Annotated[float, Field(gt=0)] = 1000.0
+    npho_scale2: Annotated[float, Field(gt=0)] = 4.08
+    time_scale: Annotated[float, Field(gt=0)] = 1.14e-7
+    time_shift: float = -0.46
+    sentinel_npho: float = -1.0
+    sentinel_time: float = -1.0
+
+
+class EncoderConfig(Section):
+    size: Literal["tiny", "small", "base"] = "base"
+    """Named size; any of the dimensions below given explicitly overrides it."""
+    encoder_dim: int | None = None
+    dim_feedforward: int | None = None
+    num_fusion_layers: Annotated[int, Field(gt=0)] | None = None
+    num_heads: Annotated[int, Field(gt=0)] | None = None
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    outer_mode: Literal["finegrid", "split"] = "finegrid"
+    outer_fine_pool: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
+
+    @field_validator("encoder_dim")
+    @classmethod
+    def _multiple_of_32(cls, value: int | None) -> int | None:
+        if value is not None and (value <= 0 or value % 32):
+            raise ValueError(f"must be a positive multiple of 32 (the ConvNeXt width is encoder_dim / 32), got {value}")
+        return value
+
+    @field_validator("outer_fine_pool")
+    @classmethod
+    def _pool_divides(cls, value):
+        if value is not None:
+            outer_grid_shape(tuple(value))
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_size(self):
+        for key, value in MODEL_SIZES[self.size].items():
+            if key in type(self).model_fields and getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        if self.encoder_dim % self.num_heads:
+            raise ValueError(f"encoder_dim {self.encoder_dim} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class MAEModelConfig(EncoderConfig):
+    decoder_dim: Annotated[int, Field(gt=0)] | None = None
+    mask_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.6
+    predict_channels: list[Channel] = ["npho", "time"]
+
+    @field_validator("predict_channels")
+    @classmethod
+    def _channels(cls, value: list[str]) -> list[str]:
+        if "npho" not in value or len(set(value)) != len(value):
+            raise ValueError('must be ["npho"] or ["npho", "time"]')
+        return [c for c in ("npho", "time") if c in value]
+
+
+class TimeConfig(Section):
+    weight: Annotated[float, Field(ge=0)] = 1.0
+    mask_ratio_scale: Annotated[float, Field(gt=0)] = 1.0
+    """> 1 makes sensors with a valid time proportionally more likely to be hidden."""
+    use_npho_weight: bool = True
+    """Weight the time loss by sqrt(npho): bright sensors have better timing."""
+    npho_threshold: Annotated[float, Field(ge=0)] = 100.0
+    """Photons below which a sensor's time is invalid (not input, not scored)."""
+
+
+class NphoLossWeightConfig(Section):
+    enabled: bool = False
+    alpha: Annotated[float, Field(ge=0)] = 0.5
+
+
+class IntensityReweightingConfig(Section):
+    enabled: bool = False
+    nbins: Annotated[int, Field(ge=2)] = 10
+    target: Literal["uniform"] = "uniform"
+
+
+class TrainingConfig(Section):
+    epochs: Annotated[int, Field(gt=0)] = 20
+    lr: Annotated[float, Field(gt=0)] = 2e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    lr_scheduler: Literal["none", "cosine"] = "cosine"
+    warmup_epochs: Annotated[float, Field(ge=0)] = 1.0
+    lr_min: Annotated[float, Field(ge=0)] = 1e-6
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    """Max gradient norm; 0 disables clipping."""
+    grad_accum_steps: Annotated[int, Field(gt=0)] = 1
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None
+    amp: bool = True
+    """bf16 autocast on GPU; ignored on CPU."""
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
+    seed: int = 42
+    loss_fn: LossName = "smooth_l1"
+    loss_beta: Annotated[float, Field(gt=0)] = 1.0
+    npho_weight: Annotated[float, Field(ge=0)] = 1.0
+    time: TimeConfig = TimeConfig()
+    auto_channel_weight: bool = False
+    track_mae_rmse: bool = False
+    track_metrics: bool = False
+    npho_loss_weight: NphoLossWeightConfig = NphoLossWeightConfig()
+    intensity_reweighting: IntensityReweightingConfig = IntensityReweightingConfig()
+    log_interval: Annotated[int, Field(gt=0)] = 50
+    max_bad_steps: Annotated[int, Field(gt=0)] = 5
+    """Consecutive non-finite losses tolerated before the run stops."""
+
+
+class CheckpointConfig(Section):
+    save_dir: str = "artifacts"
+    run_name: str | None = None
+    """Run directory name under save_dir; null = a timestamp."""
+    save_path: str | None = None
+    """Legacy: a run directory, or a ``.pth`` file that receives a copy of the best checkpoint."""
+    resume_from: str | None = None
+    reset_epoch: bool = False
+    refresh_lr: bool = False
+    new_mlflow_run: bool = False
+    save_interval: Annotated[int, Field(ge=0)] = 0
+    """Keep ``mae_checkpoint_epoch_N.pth`` every N epochs; 0 = never."""
+    save_every_steps: Annotated[int, Field(ge=0)] = 500
+    """Refresh the last checkpoint every N optimizer steps, bounding what a crash loses; 0 = epoch end only."""
+    save_predictions: bool = True
+    root_save_interval: Annotated[int, Field(gt=0)] = 10
+    predictions_max_events: Annotated[int, Field(gt=0)] = 1000
+
+
+class DistributedConfig(Section):
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    timeout_minutes: Annotated[int, Field(gt=0)] = 30
+
+
+class MlflowConfig(Section):
+    enabled: bool = True
+    tracking_uri: str | None = None
+    """null = $MLFLOW_TRACKING_URI, else a SQLite store inside the run directory."""
+    experiment: str = "xecmae-mae"
+    run_name: str | None = None
+
+
+class MAEConfig(Section):
+    """Everything a pre-training run needs."""
+
+    data: DataConfig = DataConfig()
+    normalization: NormalizationConfig = NormalizationConfig()
+    model: MAEModelConfig = MAEModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    def normalizer(self) -> Normalizer:
+        return make_normalizer(self.normalization, self.training.time.npho_threshold)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def make_normalizer(norm: NormalizationConfig, npho_threshold: float) -> Normalizer:
+    return Normalizer(**norm.model_dump(), npho_threshold=npho_threshold)
+
+
+# --- legacy keys -----------------------------------------------------------------------------
+LEGACY_KEYS: dict[str, str] = {
+    "training.time_weight": "training.time.weight",
+    "training.use_npho_time_weight": "training.time.use_npho_weight",
+    "training.npho_threshold": "training.time.npho_threshold",
+    "training.time_mask_ratio_scale": "training.time.mask_ratio_scale",
+    "model.time_mask_ratio_scale": "training.time.mask_ratio_scale",
+    "time_mask_ratio_scale": "training.time.mask_ratio_scale",
+    "npho_threshold": "training.time.npho_threshold",
+    "use_npho_time_weight": "training.time.use_npho_weight",
+}
+
+
+_MISSING = object()
+
+
+def _pop(tree: dict, dotted: str) -> Any:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.get(key)
+        if not isinstance(tree, dict):
+            return _MISSING
+    return tree.pop(leaf, _MISSING)
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        child = tree.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: expected a section (mapping), got {child!r}")
+        tree = child
+    tree[leaf] = value
+
+
+def _get(tree: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return _MISSING
+        tree = tree[key]
+    return tree
+
+
+def migrate_legacy(raw: dict) -> dict:
+    """Move deprecated flat keys to their nested paths (in place), warning once per key."""
+    for old, new in LEGACY_KEYS.items():
+        value = _pop(raw, old)
+        if value is _MISSING:
+            continue
+        existing = _get(raw, new)
+        if existing is not _MISSING and existing != value:
+            raise ConfigError(f"{old} (deprecated) and {new} are both set, to {value!r} and {existing!r}; "
+                              f"keep only {new}")
+        warnings.warn(f"config key '{old}' is deprecated; use '{new}'", FutureWarning, stacklevel=3)
+        _set(raw, new, value)
+    return raw
+
+
+# --- errors worded for people ---------------------------------------------------------------
+def _section_class(schema: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    cls = schema
+    for key in loc:
+        field = cls.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            return None
+        cls = _model_in(field.annotation)
+        if cls is None:
+            return None
+    return cls
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(schema: type[BaseModel], error: dict) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = _section_class(schema, loc[:-1])
+        known = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]}?)" if close else f" (valid keys: {', '.join(known)})"
+        return f"{'.'.join(loc)}: unknown key{hint}"
+    where = ".".join(p for p in loc if not p.startswith(("function-", "constrained-", "tuple[", "list[")))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("model_type", "dict_type"):
+        return f"{where}: expected a section (mapping), got {error['input']!r}"
+    quiet = error["type"] == "value_error" or isinstance(error.get("input"), dict)
+    shown = "" if quiet else f" (got {error.get('input')!r})"
+    return f"{where or '<top>'}: {message}{shown}"
+
+
+def validate(raw: dict, schema: type[Section] = MAEConfig) -> Section:
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        lines = sorted({_describe(schema, e) for e in exc.errors()})
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+# --- loading -------------------------------------------------------------------------------
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                schema: type[Section] = MAEConfig) -> Section:
+    """YAML file (optional) + dotted overrides -> validated configuration."""
+    raw = read_yaml(path) if path is not None else {}
+    raw = migrate_legacy(raw)
+    for dotted, value in (overrides or {}).items():
+        _set(raw, dotted, value)
+    return validate(raw, schema)
+
+
+# --- command-line flags ----------------------------------------------------------------------
+# Flags of the specification's Quick Start and of the deprecated flat keys.
+FLAG_ALIASES: dict[str, str] = {
+    "train_root": "data.train_path",
+    "val_root": "data.val_path",
+    "time_weight": "training.time.weight",
+    "use_npho_time_weight": "training.time.use_npho_weight",
+    "time_mask_ratio_scale": "training.time.mask_ratio_scale",
+}
+
+
+def _leaves(schema: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for name, field in schema.model_fields.items():
+        sub = _model_in(field.annotation)
+        if sub is not None and not _is_scalar_or_list(field.annotation):
+            out += _leaves(sub, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", field.annotation))
+    return out
+
+
+def _is_scalar_or_list(annotation) -> bool:
+    return _model_in(annotation) is None
+
+
+def _is_sequence(annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_is_sequence(a) for a in typing.get_args(annotation) if a is not type(None))
+    return False
+
+
+def _is_bool(annotation) -> bool:
+    return annotation is bool
+
+
+def flag_table(schema: type[Section] = MAEConfig) -> dict[str, str]:
+    """Every command-line flag name (without dashes) -> dotted config key."""
+    leaves = _leaves(schema)
+    leaf_counts: dict[str, int] = {}
+    for dotted, _ in leaves:
+        leaf_counts[dotted.rsplit(".", 1)[-1]] = leaf_counts.get(dotted.rsplit(".", 1)[-1], 0) + 1
+    table = {}
+    for dotted, _ in leaves:
+        table[dotted] = dotted
+        leaf = dotted.rsplit(".", 1)[-1]
+        if leaf_counts[leaf] == 1:
+            table[leaf] = dotted
+    known = {d for d, _ in leaves}
+    table.update({flag: dotted for flag, dotted in FLAG_ALIASES.items() if dotted in known})
+    return table
+
+
+def add_config_flags(parser: argparse.ArgumentParser, schema: type[Section] = MAEConfig) -> None:
+    """One flag per configuration key (``--lr`` and ``--training.lr``); unset flags stay unset."""
+    parser.add_argument("--config", default=None, help="YAML configuration file")
+    annotations = dict(_leaves(schema))
+    by_key: dict[str, list[str]] = {}
+    for flag, dotted in flag_table(schema).items():
+        by_key.setdefault(dotted, []).append(flag)
+    group = parser.add_argument_group("configuration overrides (any key of the YAML)")
+    for dotted, flags in sorted(by_key.items()):
+        annotation = annotations[dotted]
+        names = [f"--{f}" for f in sorted(flags, key=lambda f: ("." in f, f))]
+        kwargs: dict[str, Any] = {"dest": f"cfg:{dotted}", "default": argparse.SUPPRESS, "help": dotted}
+        if _is_bool(annotation):
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif _is_sequence(annotation):
+            kwargs.update(nargs="+", metavar="V")
+        else:
+            kwargs.update(metavar="V")
+        group.add_argument(*names, **kwargs)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted overrides for exactly the flags that were given (an explicit 0 or false included)."""
+    out = {}
+    for dest, value in vars(args).items():
+        if dest.startswith("cfg:"):
+            out[dest[4:]] = _parse_flag_value(value)
+    return out
+
+
+def _parse_flag_value(value):
+    if isinstance(value, list):
+        if len(value) == 1 and value[0].lower() in ("null", "none"):
+            return None
+        return value
+    if isinstance(value, str) and value.lower() in ("null", "none"):
+        return None
+    return value
+
+
+def config_from_args(args: argparse.Namespace, schema: type[Section] = MAEConfig) -> Section:
+    return load_config(args.config, overrides_from_args(args), schema)
