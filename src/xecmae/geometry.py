@@ -358,9 +358,12 @@ class OuterGrid(torch.nn.Module):
     def to_sensors(self, npho_density: torch.Tensor, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W) npho density and time -> (B, 234) npho (summed) and time (averaged)."""
         f = self.footprint.to(npho_density.dtype)
-        npho = npho_density.flatten(1) @ f.T
-        t = time.flatten(1) @ f.T / self.footprint_size.to(time.dtype)
-        return npho, t
+        return npho_density.flatten(1) @ f.T, self.footprint_mean(time)
+
+    def footprint_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) -> (B, 234): each sensor's average over its footprint (overlap-weighted when pooled)."""
+        f = self.footprint.to(values.dtype)
+        return values.flatten(1) @ f.T / self.footprint_size.to(values.dtype)
 
 
 # --- local coordinates ---------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Reading, simulating and streaming XEC events: ROOT inputs, the event generator, sharded batches."""

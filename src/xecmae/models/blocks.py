@@ -1,0 +1,139 @@
+"""Building blocks: ConvNeXt V2 for the rectangular faces, HexNeXt for the top/bottom PMT planes.
+
+Both blocks share one recipe: a depthwise spatial mixing (a 7x7 convolution on a grid, a
+direction-typed graph convolution on the PMT lattice), LayerNorm, an inverted MLP with Global
+Response Normalization (GRN), and a residual connection. Features are channels-last inside
+the block, so LayerNorm and the MLP act on the last axis.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xecmae.geometry import HEX_EDGE_TYPES, hex_graph
+
+
+class _GRNFunction(torch.autograd.Function):
+    """GRN with a hand-written backward: three passes over the activation instead of about seven.
+
+    y = x * s + beta with s_c = 1 + gamma_c * E_c / (M + eps), E_c = ||x_c|| over the spatial
+    axes and M = mean_c E_c. The activations here are the widest tensors of the network, so
+    on a CPU the memory passes, not the arithmetic, set the speed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, dims: tuple[int, ...], eps: float):
+        energy = torch.linalg.vector_norm(x, dim=dims, keepdim=True)  # (B, 1.., C)
+        denom = energy.mean(dim=-1, keepdim=True) + eps
+        scale = 1 + gamma * (energy / denom)
+        ctx.save_for_backward(x, gamma, energy, denom, scale)
+        ctx.dims = dims
+        return torch.addcmul(beta, x, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, gamma, energy, denom, scale = ctx.saved_tensors
+        dims = ctx.dims
+        batch_dims = tuple(range(x.dim() - 1))
+        grad_scale = (grad * x).sum(dim=dims, keepdim=True)  # (B, 1.., C)
+        grad_gamma = (grad_scale * energy / denom).sum(dim=batch_dims)
+        grad_beta = grad.sum(dim=batch_dims)
+        grad_response = grad_scale * gamma
+        channels = x.shape[-1]
+        grad_energy = grad_response / denom - (grad_response * energy).sum(-1, keepdim=True) / (denom**2 * channels)
+        coef = grad_energy / energy.clamp_min(torch.finfo(x.dtype).tiny)  # d||x||/dx = x / ||x||
+        grad_x = torch.addcmul(grad * scale, x, coef)
+        return grad_x, grad_gamma, grad_beta, None, None
+
+
+class GRN(nn.Module):
+    """Global Response Normalization: channels compete through their spatial L2 energy.
+
+    ``x + gamma * (x * N(x)) + beta`` with N = per-channel L2 norm over ``spatial_dims`` divided
+    by its mean over channels; channels-last input.
+    """
+
+    def __init__(self, dim: int, spatial_dims: tuple[int, ...], eps: float = 1e-6):
+        super().__init__()
+        self.spatial_dims = tuple(spatial_dims)
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.zeros(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _GRNFunction.apply(x, self.gamma, self.beta, self.spatial_dims, self.eps)
+
+
+def grn_reference(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, spatial_dims: tuple[int, ...],
+                  eps: float = 1e-6) -> torch.Tensor:
+    """Plain autograd GRN, the definition the fast version is tested against."""
+    energy = torch.linalg.vector_norm(x, dim=spatial_dims, keepdim=True)
+    return x + gamma * (x * (energy / (energy.mean(dim=-1, keepdim=True) + eps))) + beta
+
+
+class ChannelsFirstLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of a (B, C, H, W) tensor."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt V2 block on (B, C, H, W): dwconv7 -> LN -> Linear 4C -> GELU -> GRN -> Linear C, + x."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.expand = nn.Linear(dim, 4 * dim)
+        self.grn = GRN(4 * dim, spatial_dims=(1, 2))
+        self.project = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        y = self.project(self.grn(F.gelu(self.expand(self.norm(y)))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class HexGraphConv(nn.Module):
+    """Depthwise convolution on the PMT lattice: one weight vector per edge direction.
+
+    ``out[n] = bias + sum_t w_t * x[neighbour(n, t)]`` over the 7 edge types (self and six
+    60-degree sectors); a missing neighbour (lattice edge) contributes nothing.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        neighbours = torch.as_tensor(hex_graph().neighbours.copy())
+        n_nodes = neighbours.shape[0]
+        # a missing neighbour points at an extra all-zero node appended to the input
+        self.register_buffer("index", torch.where(neighbours < 0, n_nodes, neighbours).flatten(), persistent=False)
+        self.n_nodes = n_nodes
+        self.weight = nn.Parameter(torch.randn(HEX_EDGE_TYPES, dim) / HEX_EDGE_TYPES**0.5)
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (0, 0, 0, 1))  # (B, N + 1, C)
+        gathered = padded[:, self.index].unflatten(1, (self.n_nodes, HEX_EDGE_TYPES))  # (B, N, 7, C)
+        return torch.einsum("bntc,tc->bnc", gathered, self.weight) + self.bias
+
+
+class HexNeXtBlock(nn.Module):
+    """The ConvNeXt V2 recipe on the top/bottom lattice, (B, 73, C) -> (B, 73, C)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.spatial = HexGraphConv(dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.expand = nn.Linear(dim, 4 * dim)
+        self.grn = GRN(4 * dim, spatial_dims=(1,))
+        self.project = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.grn(F.gelu(self.expand(self.norm(self.spatial(x))))))

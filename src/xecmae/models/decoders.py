@@ -1,0 +1,51 @@
+"""Face-specific decoders: one latent token -> that face's reconstruction.
+
+Deliberately light (the specification: a small decoder forces the encoder to learn more).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xecmae.models.blocks import HexNeXtBlock
+
+
+class FaceDecoder(nn.Module):
+    """Token (B, D) -> (B, C, H, W): Linear to 2d x 4 x 4, three transposed convolutions, bilinear resize.
+
+    With decoder_dim d = 128 the channels run 256 -> 128 -> 64 -> C over 4 -> 8 -> 16 -> 16 pixels.
+    """
+
+    def __init__(self, encoder_dim: int, decoder_dim: int, out_channels: int, shape: tuple[int, int]):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.width = 2 * decoder_dim
+        self.project = nn.Linear(encoder_dim, self.width * 16)
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(self.width, decoder_dim, kernel_size=4, stride=2, padding=1), nn.GELU(),  # 4 -> 8
+            nn.ConvTranspose2d(decoder_dim, decoder_dim // 2, kernel_size=4, stride=2, padding=1), nn.GELU(),  # -> 16
+            nn.ConvTranspose2d(decoder_dim // 2, out_channels, kernel_size=3, stride=1, padding=1),  # 16 -> 16
+        )
+
+    def forward(self, token: torch.Tensor) -> torch.Tensor:
+        x = self.project(token).view(-1, self.width, 4, 4)  # (B, 2d, 4, 4)
+        x = self.up(x)  # (B, C, 16, 16)
+        return F.interpolate(x, size=self.shape, mode="bilinear", align_corners=False)  # (B, C, H, W)
+
+
+class GraphFaceDecoder(nn.Module):
+    """Token (B, D) -> (B, C, 73): broadcast to every PMT, add a learned node embedding, two HexNeXt blocks."""
+
+    def __init__(self, encoder_dim: int, decoder_dim: int, out_channels: int, n_nodes: int = 73):
+        super().__init__()
+        self.project = nn.Linear(encoder_dim, decoder_dim)
+        self.node_embedding = nn.Parameter(torch.zeros(1, n_nodes, decoder_dim))
+        nn.init.trunc_normal_(self.node_embedding, std=0.02)
+        self.blocks = nn.Sequential(HexNeXtBlock(decoder_dim), HexNeXtBlock(decoder_dim))
+        self.head = nn.Sequential(nn.LayerNorm(decoder_dim), nn.Linear(decoder_dim, out_channels))
+
+    def forward(self, token: torch.Tensor) -> torch.Tensor:
+        x = self.project(token).unsqueeze(1) + self.node_embedding  # (B, 73, d)
+        return self.head(self.blocks(x)).transpose(1, 2)  # (B, C, 73)

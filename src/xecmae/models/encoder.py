@@ -1,0 +1,81 @@
+"""XECEncoder: per-face backbones and a Transformer that fuses the six face tokens.
+
+Shared by the MAE, the regressor and the inpainter. Input is the normalized sensor vector with
+its validity; output is one token per face, in the order of ``FACE_NAMES``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xecmae.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
+from xecmae.models.blocks import ChannelsFirstLayerNorm, ConvNeXtBlock, HexNeXtBlock
+from xecmae.models.faces import INPUT_CHANNELS, FaceMapper
+from xecmae.normalize import Normalizer
+
+HEX_DIM = 96
+TOKEN_GRID = 4  # every grid face is pooled to 4 x 4 before flattening
+
+
+class ConvNeXtFaceEncoder(nn.Module):
+    """ConvNeXt V2 backbone for one grid face: (B, 4, H, W) -> (B, encoder_dim)."""
+
+    def __init__(self, encoder_dim: int):
+        super().__init__()
+        width = encoder_dim // 32
+        self.stem = nn.Sequential(nn.Conv2d(INPUT_CHANNELS, width, kernel_size=4, stride=1, padding=1),
+                                  ChannelsFirstLayerNorm(width))
+        self.stage1 = nn.Sequential(*[ConvNeXtBlock(width) for _ in range(2)])
+        self.downsample = nn.Sequential(ChannelsFirstLayerNorm(width),
+                                        nn.Conv2d(width, 2 * width, kernel_size=2, stride=2))
+        self.stage2 = nn.Sequential(*[ConvNeXtBlock(2 * width) for _ in range(3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage2(self.downsample(self.stage1(self.stem(x))))  # (B, 2C, H', W')
+        x = F.adaptive_avg_pool2d(x, TOKEN_GRID)  # (B, 2C, 4, 4)
+        return x.flatten(1)  # (B, 32 C) = (B, encoder_dim)
+
+
+class HexNeXtFaceEncoder(nn.Module):
+    """Graph backbone for one PMT plane: (B, 73, 4) -> (B, encoder_dim)."""
+
+    def __init__(self, encoder_dim: int, depth: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Linear(INPUT_CHANNELS, HEX_DIM), nn.LayerNorm(HEX_DIM), nn.GELU())
+        self.blocks = nn.Sequential(*[HexNeXtBlock(HEX_DIM) for _ in range(depth)])
+        self.head = nn.Sequential(nn.LayerNorm(HEX_DIM), nn.Linear(HEX_DIM, encoder_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=1))
+
+
+class XECEncoder(nn.Module):
+    """Sensors -> six face tokens: (B, 4760, 2) values + validity -> (B, 6, encoder_dim).
+
+    Inputs the model must not see (dead, dim-time or hidden by masking) carry the sentinels
+    *and* a missing flag per channel, so the encoder always knows what is hidden.
+    """
+
+    def __init__(self, normalizer: Normalizer, encoder_dim: int = 1024, dim_feedforward: int | None = None,
+                 num_fusion_layers: int = 2, num_heads: int = 8, dropout: float = 0.1,
+                 outer_mode: str = "finegrid", outer_fine_pool: tuple[int, int] | None = None):
+        super().__init__()
+        if encoder_dim <= 0 or encoder_dim % 32:
+            raise ValueError(f"encoder_dim must be a positive multiple of 32, got {encoder_dim}")
+        self.encoder_dim = encoder_dim
+        self.faces = FaceMapper(normalizer, outer_mode, outer_fine_pool)
+        self.backbones = nn.ModuleDict({face: ConvNeXtFaceEncoder(encoder_dim) for face in RECT_FACES})
+        self.backbones.update({face: HexNeXtFaceEncoder(encoder_dim) for face in HEX_FACES})
+        self.face_embedding = nn.Parameter(torch.zeros(1, len(FACE_NAMES), encoder_dim))
+        nn.init.trunc_normal_(self.face_embedding, std=0.02)
+        layer = nn.TransformerEncoderLayer(encoder_dim, num_heads, dim_feedforward or 4 * encoder_dim, dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.fusion = nn.TransformerEncoder(layer, num_fusion_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(encoder_dim)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        faces = self.faces.to_faces(x.float(), valid)
+        tokens = torch.stack([self.backbones[f](faces[f]) for f in FACE_NAMES], dim=1)  # (B, 6, D)
+        return self.norm(self.fusion(tokens + self.face_embedding))  # (B, 6, D)
