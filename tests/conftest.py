@@ -28,3 +28,32 @@ def reference_positions() -> np.ndarray:
 def reference_directions() -> np.ndarray:
     """(4760, 8): id, direction xyz, position xyz, face code (0 inner, 1 outer, 2 US, 3 DS, 4 top, 5 bottom)."""
     return _reference("sensor_directions.txt")
+
+
+@pytest.fixture(scope="session")
+def sim_data(tmp_path_factory) -> dict[str, str]:
+    """Small simulated ROOT inputs shared by the training tests: 2 train files of 96 events, 1 val file."""
+    from xecmae.data.simulate import EventGenerator, write_root
+
+    root = tmp_path_factory.mktemp("sim")
+    write_root(root / "train.root", 192, EventGenerator(seed=11), files=2, progress=False)
+    write_root(root / "val.root", 64, EventGenerator(seed=12), progress=False)
+    return {"train": str(root / "train_*.root"), "val": str(root / "val.root"), "dir": str(root)}
+
+
+def tiny_config(sim_data: dict[str, str], run_dir, **sections):
+    """A tiny, fast MAE configuration over ``sim_data``; keyword sections update the defaults."""
+    from xecmae.config import validate
+
+    raw = {
+        "data": {"train_path": sim_data["train"], "val_path": sim_data["val"], "batch_size": 32,
+                 "chunksize": 64, "num_workers": 0, "shuffle_buffer": 64},
+        "model": {"size": "tiny"},
+        "training": {"epochs": 2, "lr": 1e-3, "warmup_epochs": 0, "log_interval": 2, "seed": 3},
+        "checkpoint": {"save_dir": str(run_dir), "run_name": "run", "save_predictions": False,
+                       "save_every_steps": 0},
+        "mlflow": {"enabled": False},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return validate(raw)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from xecmae.errors import UserError
@@ -38,7 +39,13 @@ def _usage() -> str:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
+    """INFO on rank 0 (or a single process), warnings only on the other ranks."""
+    level = logging.DEBUG if verbose else logging.INFO
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) not in ("", "0"):
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", force=True)
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def main(argv: list[str] | None = None) -> int:

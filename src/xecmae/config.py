@@ -160,8 +160,13 @@ class TrainingConfig(Section):
     npho_loss_weight: NphoLossWeightConfig = NphoLossWeightConfig()
     intensity_reweighting: IntensityReweightingConfig = IntensityReweightingConfig()
     log_interval: Annotated[int, Field(gt=0)] = 50
+    """Optimizer steps between progress updates (the only host reads of the metrics)."""
     max_bad_steps: Annotated[int, Field(gt=0)] = 5
-    """Consecutive non-finite losses tolerated before the run stops."""
+    """Consecutive non-finite losses tolerated (each skips its step) before the run stops."""
+    max_steps: Annotated[int, Field(gt=0)] | None = None
+    """Stop after this many optimizer steps in total (the last checkpoint is written, so the run
+    can be resumed); null = run every epoch."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class CheckpointConfig(Section):
@@ -356,6 +361,7 @@ FLAG_ALIASES: dict[str, str] = {
     "time_weight": "training.time.weight",
     "use_npho_time_weight": "training.time.use_npho_weight",
     "time_mask_ratio_scale": "training.time.mask_ratio_scale",
+    "run_name": "checkpoint.run_name",
 }
 
 

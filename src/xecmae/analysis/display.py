@@ -3,12 +3,13 @@
 The unrolled view puts the inner face in the middle (z across, arc length ``64.97 * phi`` up),
 the upstream and downstream faces left and right of it, the top and bottom PMT planes above and
 below as circles at their true positions, and the outer face (fine grid, with its centre patch)
-in a panel of its own. Dead sensors are grey; hidden (masked) sensors are outlined.
+in a panel of its own. Dead sensors are grey and crossed; hidden (masked) sensors are outlined.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -22,6 +23,7 @@ from matplotlib.patches import Circle, Rectangle
 from xecmae import geometry as geo
 
 DEAD_COLOUR = "0.75"
+DEAD_EDGE = "0.2"  # dead sensors are also crossed, so they differ from dim ones
 _GAP = 4.0  # cm between faces in the unrolled view
 _INNER_HALF_Z = geo.INNER_SHAPE[1] * geo.INNER_DZ / 2
 _INNER_ROW_ARC = geo.INNER_RADIUS * np.deg2rad(geo.INNER_DPHI)
@@ -79,18 +81,22 @@ def draw_face(ax, face: str, values: np.ndarray, *, cmap="viridis", norm=None,
     else:
         ids, x0, y0, w, h = _cells(face)
         patches = [Rectangle((a, b), c, d) for a, b, c, d in zip(x0, y0, w, h, strict=True)]
-    collection = PatchCollection(patches, cmap=cmap, norm=norm, linewidths=0)
+    collection = PatchCollection(patches, cmap=cmap.with_extremes(bad=DEAD_COLOUR), norm=norm, linewidths=0)
     vals = np.asarray(values, dtype=float)[ids]
     bad = ~np.isfinite(vals) if dead is None else (np.asarray(dead)[ids] | ~np.isfinite(vals))
-    if isinstance(norm, LogNorm):
-        bad = bad | (vals <= 0)
+    if isinstance(norm, LogNorm) and norm.vmin is not None:
+        vals = np.maximum(vals, norm.vmin)  # zero or negative photons: the bottom of the scale, not "dead"
     collection.set_array(np.ma.masked_array(vals, mask=bad))
-    cmap.set_bad(DEAD_COLOUR)
     ax.add_collection(collection)
+    if dead is not None and np.asarray(dead)[ids].any():
+        sel = np.flatnonzero(np.asarray(dead)[ids])
+        crosses = PatchCollection([_copy_patch(patches[k]) for k in sel], facecolor="none",
+                                  edgecolor=DEAD_EDGE, linewidths=0.3, hatch="xxx")
+        ax.add_collection(crosses)
     if hidden is not None and np.asarray(hidden)[ids].any():
         sel = np.flatnonzero(np.asarray(hidden)[ids])
         outline = PatchCollection([_copy_patch(patches[k]) for k in sel], facecolor="none",
-                                  edgecolor="red", linewidths=0.4)
+                                  edgecolor="red", linewidths=0.25, alpha=0.7)
         ax.add_collection(outline)
     ax.autoscale_view()
     ax.set_aspect("equal")
@@ -152,17 +158,21 @@ def event_figure(panels: Sequence[tuple[str, np.ndarray, object, str]], *, dead=
     return fig
 
 
-def face_grid_figure(rows: Sequence[tuple[str, np.ndarray, object, str]], *, dead=None, hidden=None,
-                     title: str = "") -> plt.Figure:
-    """Rows of panels (e.g. truth / masked / prediction / residual), one column per face."""
+def face_grid_figure(rows: Sequence[tuple], *, dead=None, hidden=None, title: str = "") -> plt.Figure:
+    """Rows of panels (e.g. truth / masked / prediction / residual), one column per face.
+
+    A row is ``(label, values, norm, cmap)`` or ``(label, values, norm, cmap, outline)``; hidden
+    sensors are outlined in the rows whose ``outline`` is true (default true).
+    """
     faces = geo.FACE_NAMES
-    widths = (1.0, 0.45, 0.45, 1.3, 0.7, 0.7)
-    fig, axes = plt.subplots(len(rows), len(faces), figsize=(17, 3.1 * len(rows)), squeeze=False,
+    widths = (0.55, 0.35, 0.35, 0.5, 1.5, 1.5)  # about each face's width over its height
+    fig, axes = plt.subplots(len(rows), len(faces), figsize=(17, 3.2 * len(rows)), squeeze=False,
                              gridspec_kw={"width_ratios": widths}, layout="constrained")
-    for r, (label, values, norm, cmap) in enumerate(rows):
+    for r, (label, values, norm, cmap, *rest) in enumerate(rows):
+        outline = hidden if (rest[0] if rest else True) else None
         mappable = None
         for c, face in enumerate(faces):
-            mappable = draw_face(axes[r, c], face, values, cmap=cmap, norm=norm, dead=dead, hidden=hidden)
+            mappable = draw_face(axes[r, c], face, values, cmap=cmap, norm=norm, dead=dead, hidden=outline)
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
             if r == 0:
@@ -181,3 +191,46 @@ def geometry_figure() -> plt.Figure:
     fig = event_figure([("face index (shade alternates by sensor id)", faces, norm, "tab20")],
                        title="XEC sensors: 4092 MPPC (inner) and 668 PMT")
     return fig
+
+
+def prediction_event_figure(path, entry: int = 0, channel: str = "npho") -> plt.Figure:
+    """Truth, masked input, prediction, residual and mask of one event of a prediction file.
+
+    Values are converted back to photons (npho, log scale) or nanoseconds (time) through the
+    normalization stored in the file; dead sensors are grey, hidden ones outlined in red.
+    """
+    import uproot
+
+    from xecmae.analysis.predictions import normalizer_from_metadata, read_metadata
+
+    meta = read_metadata(path)
+    if channel not in meta["predict_channels"]:
+        raise ValueError(f"{path} has no {channel} predictions (channels: {', '.join(meta['predict_channels'])})")
+    norm = normalizer_from_metadata(meta)
+    names = [f"truth_{channel}", f"masked_{channel}", f"pred_{channel}", "mask", f"valid_{channel}", "event_id"]
+    with uproot.open(path) as f:
+        arrays = f["tree"].arrays(names, entry_start=entry, entry_stop=entry + 1, library="np")
+    if len(arrays["event_id"]) == 0:
+        raise ValueError(f"{path} has no entry {entry}")
+    row = {k: np.asarray(v[0]) for k, v in arrays.items()}
+    hidden = row["mask"] > 0.5
+    valid = row[f"valid_{channel}"] > 0.5
+    to_physical = norm.npho_inverse if channel == "npho" else (lambda y: norm.time_inverse(y) * 1e9)
+    truth = np.where(valid, to_physical(row[f"truth_{channel}"]), np.nan)
+    masked = np.where(valid & ~hidden, truth, np.nan)
+    pred = to_physical(row[f"pred_{channel}"])
+    residual = np.where(valid, pred - truth, np.nan)
+    unit = "photons" if channel == "npho" else "ns"
+    scale = npho_norm(truth, valid) if channel == "npho" else linear_norm(truth, valid)
+    cmap = "viridis" if channel == "npho" else "plasma"
+    rows = [
+        (f"truth [{unit}]", truth, scale, cmap),
+        (f"masked input [{unit}]", masked, scale, cmap, False),
+        (f"prediction [{unit}]", pred, scale, cmap),
+        (f"residual [{unit}]", np.where(hidden, residual, np.nan),
+         linear_norm(residual, valid & hidden, symmetric=True), "RdBu_r", False),
+        ("mask (1 = hidden)", hidden.astype(float), Normalize(0, 1), "Greys", False),
+    ]
+    return face_grid_figure(rows, dead=~valid, hidden=hidden,
+                            title=f"{Path(path).name}: event {int(row['event_id'])}, {channel}, "
+                                  f"{hidden.sum()} hidden sensors outlined")

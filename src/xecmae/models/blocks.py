@@ -105,23 +105,26 @@ class HexGraphConv(nn.Module):
     """Depthwise convolution on the PMT lattice: one weight vector per edge direction.
 
     ``out[n] = bias + sum_t w_t * x[neighbour(n, t)]`` over the 7 edge types (self and six
-    60-degree sectors); a missing neighbour (lattice edge) contributes nothing.
+    60-degree sectors); a missing neighbour (lattice edge) contributes nothing. The neighbour
+    lookup is a product with a fixed 0/1 selection matrix, whose backward is another product
+    (a gather's backward would be a slower scatter-add).
     """
 
     def __init__(self, dim: int):
         super().__init__()
-        neighbours = torch.as_tensor(hex_graph().neighbours.copy())
+        neighbours = hex_graph().neighbours
         n_nodes = neighbours.shape[0]
-        # a missing neighbour points at an extra all-zero node appended to the input
-        self.register_buffer("index", torch.where(neighbours < 0, n_nodes, neighbours).flatten(), persistent=False)
+        select = torch.zeros(HEX_EDGE_TYPES, n_nodes, n_nodes)
+        node, etype = (torch.as_tensor(a) for a in (neighbours >= 0).nonzero())
+        select[etype, node, torch.as_tensor(neighbours[node.numpy(), etype.numpy()])] = 1.0
+        self.register_buffer("select", select.flatten(0, 1), persistent=False)  # (7 N, N)
         self.n_nodes = n_nodes
         self.weight = nn.Parameter(torch.randn(HEX_EDGE_TYPES, dim) / HEX_EDGE_TYPES**0.5)
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(x, (0, 0, 0, 1))  # (B, N + 1, C)
-        gathered = padded[:, self.index].unflatten(1, (self.n_nodes, HEX_EDGE_TYPES))  # (B, N, 7, C)
-        return torch.einsum("bntc,tc->bnc", gathered, self.weight) + self.bias
+        shifted = (self.select @ x).unflatten(1, (HEX_EDGE_TYPES, self.n_nodes))  # (B, 7, N, C)
+        return (shifted * self.weight[:, None, :]).sum(dim=1) + self.bias  # (B, N, C)
 
 
 class HexNeXtBlock(nn.Module):

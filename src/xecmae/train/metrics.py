@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
+from xecmae.train import distributed as dist
 from xecmae.train.losses import Stats
 
 
@@ -27,10 +27,29 @@ class MetricSums:
         packed = torch.stack([torch.stack([stats[k][0].float(), stats[k][1].float()]) for k in self.names], dim=1)
         self.sums = packed if self.sums is None else self.sums + packed
 
-    def reduce(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Sum across processes (metrics weighted by their denominators, e.g. events)."""
-        if self.sums is not None:
-            self.sums = all_reduce_sum(self.sums)
+    def reduce(self) -> None:
+        """Sum across processes (so every metric is weighted by its denominator, e.g. events).
+
+        Gathers Python lists rather than all-reducing a tensor, so a rank that saw no batch (or
+        fewer metric names) still takes part and nothing hangs.
+        """
+        if not dist.is_distributed():
+            return
+        mine = (self.names or [], [] if self.sums is None else self.sums.double().cpu().tolist())
+        gathered = [None] * dist.world_size()
+        torch.distributed.all_gather_object(gathered, mine)
+        totals: dict[str, list[float]] = {}
+        for names, sums in gathered:
+            if not names:
+                continue
+            for k, name in enumerate(names):
+                pair = totals.setdefault(name, [0.0, 0.0])
+                pair[0] += sums[0][k]
+                pair[1] += sums[1][k]
+        if totals:
+            self.names = list(totals)
+            self.sums = torch.tensor([[v[0] for v in totals.values()], [v[1] for v in totals.values()]],
+                                     dtype=torch.float64)
 
     def compute(self) -> dict[str, float]:
         if self.sums is None:

@@ -1,0 +1,1 @@
+"""Thin forwarders for the documented commands (``python -m lib.train_mae ...``) into :mod:`xecmae`."""

@@ -1,0 +1,109 @@
+"""MLflow, from rank 0 only, and never fatal.
+
+Default store: a SQLite file in the run directory (``<run_dir>/mlflow.db``), so runs never
+share a database file (SQLite locking on network filesystems is unreliable) and no server is
+needed. ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` point elsewhere (a server, a shared
+database). Any MLflow failure becomes one warning and tracking switches off; training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(run_dir: Path, configured: str | None) -> str:
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(run_dir) / 'mlflow.db').resolve()}"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"training.time.weight": "1.0", ...} for MLflow parameters."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+class Tracker:
+    """A thin, failure-tolerant MLflow run. Inactive on other ranks, when disabled, or after an error."""
+
+    def __init__(self, run_dir: Path, tracking_uri: str | None, experiment: str, enabled: bool):
+        self.run_dir = Path(run_dir)
+        self.uri = default_tracking_uri(self.run_dir, tracking_uri)
+        self.experiment = experiment
+        self.active = enabled
+        self.run_id: str | None = None
+        self._mlflow = None
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        if not self.active:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            log.warning("MLflow %s failed (%s: %s); tracking is off for the rest of this run",
+                        what, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            self.active = False
+            return None
+
+    def start(self, run_name: str, run_id: str | None = None) -> str | None:
+        """Start (or, with ``run_id``, continue) a run; returns its id."""
+        if not self.active:
+            return None
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+        self._call("import", self._import)
+        self._call("start", self._start, run_name, run_id)
+        if self.run_id:
+            log.info("MLflow: run %s in %s", self.run_id, self.uri)
+        return self.run_id
+
+    def _import(self):
+        import mlflow
+
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self._mlflow = mlflow
+
+    def _start(self, run_name: str, run_id: str | None) -> None:
+        mlflow = self._mlflow
+        mlflow.set_tracking_uri(self.uri)
+        if run_id is None:
+            if mlflow.get_experiment_by_name(self.experiment) is None:
+                local = self.uri.startswith("sqlite:///") and self.uri.endswith(f"{self.run_dir.name}/mlflow.db")
+                location = (self.run_dir / "mlartifacts").resolve().as_uri() if local else None
+                mlflow.create_experiment(self.experiment, artifact_location=location)
+            mlflow.set_experiment(self.experiment)
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        self._call("log_params", lambda: self._mlflow.log_params(dict(params)))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        clean = {k.replace("@", "_"): float(v) for k, v in metrics.items()}
+        self._call("log_metrics", lambda: self._mlflow.log_metrics(clean, step=step))
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        if Path(path).exists():
+            self._call("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path=folder))
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id:
+            self._call("end_run", lambda: self._mlflow.end_run(status=status))
