@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xecmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"xecmae.commands.{name}")
-    parser = argparse.ArgumentParser(prog=f"xecmae {name}", description=COMMANDS[name])
+    parser = argparse.ArgumentParser(prog=f"xecmae {name}", description=COMMANDS[name], allow_abbrev=False)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     setup_logging(getattr(args, "verbose", False))

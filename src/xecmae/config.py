@@ -51,6 +51,11 @@ class DataConfig(Section):
     prefetch_factor: Annotated[int, Field(gt=0)] = 2
     shuffle_buffer: Annotated[int, Field(ge=0)] = 20000
     drop_last: bool = True
+    @field_validator("train_path", "val_path")
+    @classmethod
+    def _single_path_as_string(cls, value: PathSpec) -> PathSpec:
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
+
     max_events: Annotated[int, Field(gt=0)] | None = None
     """Stop an epoch after this many training events (all ranks together); null = whole input."""
     val_max_events: Annotated[int, Field(gt=0)] | None = None

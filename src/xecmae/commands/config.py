@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from xecmae.config import MAEConfig, add_config_flags, config_from_args
+from xecmae.config import ConfigError, MAEConfig, add_config_flags, config_from_args
 
 SCHEMAS = {"mae": MAEConfig}
 
@@ -12,8 +12,8 @@ SCHEMAS = {"mae": MAEConfig}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["show"], help="show: print the resolved configuration")
     parser.add_argument("--kind", choices=sorted(SCHEMAS), default="mae", help="which run's schema (default mae)")
-    parser.add_argument("--get", metavar="KEY", default=None,
-                        help="print only this dotted key's value (for scripts), e.g. training.epochs")
+    parser.add_argument("--get", metavar="KEY", nargs="+", default=None,
+                        help="print only these dotted keys' values, one per line (for scripts), e.g. training.epochs")
     add_config_flags(parser, MAEConfig)
 
 
@@ -22,12 +22,12 @@ def run(args: argparse.Namespace) -> int:
     if args.get is None:
         print(cfg.to_yaml(), end="")
         return 0
-    value = cfg.model_dump(mode="json")
-    for key in args.get.split("."):
-        if not isinstance(value, dict) or key not in value:
-            from xecmae.config import ConfigError
-
-            raise ConfigError(f"{args.get}: no such key")
-        value = value[key]
-    print(" ".join(map(str, value)) if isinstance(value, list) else ("" if value is None else value))
+    tree = cfg.model_dump(mode="json")
+    for dotted in args.get:
+        value = tree
+        for key in dotted.split("."):
+            if not isinstance(value, dict) or key not in value:
+                raise ConfigError(f"{dotted}: no such key")
+            value = value[key]
+        print(" ".join(map(str, value)) if isinstance(value, list) else ("" if value is None else value))
     return 0

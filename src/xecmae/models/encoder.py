@@ -74,6 +74,7 @@ class XECEncoder(nn.Module):
                                            activation="gelu", batch_first=True, norm_first=True)
         self.fusion = nn.TransformerEncoder(layer, num_fusion_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(encoder_dim)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         faces = self.faces.to_faces(x.float(), valid)

@@ -47,6 +47,8 @@ class XEC_MAE(nn.Module):
         self.decoders.update({face: GraphFaceDecoder(encoder_dim, decoder_dim, channels) for face in HEX_FACES})
         # homoscedastic weighting: one learned log-variance per predicted channel
         self.channel_log_var = nn.Parameter(torch.zeros(channels)) if auto_channel_weight else None
+        # the face tensors are channels-last; kernels stored the same way get matching gradient layouts
+        self.to(memory_format=torch.channels_last)
 
     def random_masking(self, valid: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return random_masking(valid, self.mask_ratio, self.time_mask_ratio_scale, generator)

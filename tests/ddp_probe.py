@@ -1,0 +1,62 @@
+"""Run under torchrun by test_distributed.py.
+
+Trains through the real engine and records, for this rank: the events of every training batch,
+a fingerprint of the weights after every optimizer step, and every file this process writes.
+Usage: ddp_probe.py OUT_DIR CONFIG_YAML
+"""
+
+import json
+import os
+import pathlib
+import sys
+
+import torch
+
+from xecmae.config import load_config
+from xecmae.train import loop
+from xecmae.train import pretrain as engine
+
+out, config_path = pathlib.Path(sys.argv[1]), sys.argv[2]
+rank = int(os.environ["RANK"])
+record: dict[str, list] = {"events": [], "fingerprints": [], "writes": [], "losses": []}
+
+real_step = loop.MAETrainer.train_step
+real_save = torch.save
+real_write_text = pathlib.Path.write_text
+real_writer_init = engine.Tracker.__init__
+
+
+def train_step(self, batch):
+    record["events"].append([self.state.epoch, batch["event"].tolist()])
+    stats = real_step(self, batch)
+    weights = torch.cat([p.detach().flatten().double() for p in self.raw.parameters()])
+    probe = torch.sin(torch.arange(weights.numel(), dtype=torch.float64))
+    record["fingerprints"].append([float(weights.sum()), float((weights * probe).sum())])
+    record["losses"].append(float(stats["total_loss"][0] / stats["total_loss"][1]))
+    return stats
+
+
+def save(obj, path, *args, **kwargs):
+    record["writes"].append(str(path))
+    return real_save(obj, path, *args, **kwargs)
+
+
+def write_text(self, *args, **kwargs):
+    record["writes"].append(str(self))
+    return real_write_text(self, *args, **kwargs)
+
+
+def tracker_init(self, run_dir, tracking_uri, experiment, enabled):
+    if enabled:
+        record["writes"].append(f"mlflow:{run_dir}")
+    real_writer_init(self, run_dir, tracking_uri, experiment, enabled)
+
+
+loop.MAETrainer.train_step = train_step
+torch.save = save
+pathlib.Path.write_text = write_text
+engine.Tracker.__init__ = tracker_init
+
+engine.pretrain(load_config(config_path))
+pathlib.Path.write_text = real_write_text
+(out / f"rank{rank}.json").write_text(json.dumps(record))
