@@ -20,7 +20,7 @@ out, config_path = pathlib.Path(sys.argv[1]), sys.argv[2]
 rank = int(os.environ["RANK"])
 record: dict[str, list] = {"events": [], "fingerprints": [], "writes": [], "losses": []}
 
-real_step = loop.MAETrainer.train_step
+real_step = loop.Trainer.train_step
 real_save = torch.save
 real_write_text = pathlib.Path.write_text
 real_writer_init = engine.Tracker.__init__
@@ -52,7 +52,7 @@ def tracker_init(self, run_dir, tracking_uri, experiment, enabled):
     real_writer_init(self, run_dir, tracking_uri, experiment, enabled)
 
 
-loop.MAETrainer.train_step = train_step
+loop.Trainer.train_step = train_step
 torch.save = save
 pathlib.Path.write_text = write_text
 engine.Tracker.__init__ = tracker_init

@@ -15,7 +15,7 @@ import uproot
 
 from conftest import tiny_config
 from xecmae.analysis.predictions import read_metadata
-from xecmae.train import loop
+from xecmae.train import objectives
 from xecmae.train.checkpoint import load_checkpoint
 from xecmae.train.loop import TrainingStopped
 from xecmae.train.pretrain import pretrain
@@ -155,7 +155,7 @@ def test_prediction_file_has_the_documented_branches_and_metadata(sim_data, tmp_
 
 
 def test_a_non_finite_loss_skips_the_step_and_then_stops_the_run(sim_data, tmp_path, monkeypatch, caplog):
-    real_loss = loop.mae_loss
+    real_loss = objectives.mae_loss
     calls = {"n": 0}
 
     def sometimes_nan(*args, **kwargs):
@@ -163,7 +163,7 @@ def test_a_non_finite_loss_skips_the_step_and_then_stops_the_run(sim_data, tmp_p
         calls["n"] += 1
         return (total * float("nan"), stats) if calls["n"] == 2 else (total, stats)
 
-    monkeypatch.setattr(loop, "mae_loss", sometimes_nan)
+    monkeypatch.setattr(objectives, "mae_loss", sometimes_nan)
     with caplog.at_level(logging.WARNING):
         run = pretrain(tiny_config(sim_data, tmp_path, training={"epochs": 1}))
     last = load_checkpoint(run / "mae_checkpoint_last.pth")
@@ -174,7 +174,7 @@ def test_a_non_finite_loss_skips_the_step_and_then_stops_the_run(sim_data, tmp_p
         total, stats = real_loss(*args, **kwargs)
         return total * float("nan"), stats
 
-    monkeypatch.setattr(loop, "mae_loss", always_nan)
+    monkeypatch.setattr(objectives, "mae_loss", always_nan)
     with pytest.raises(TrainingStopped, match="not finite for"):
         pretrain(tiny_config(sim_data, tmp_path, checkpoint={"run_name": "nan"},
                              training={"epochs": 1, "max_bad_steps": 2}))

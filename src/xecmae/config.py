@@ -140,7 +140,9 @@ class IntensityReweightingConfig(Section):
     target: Literal["uniform"] = "uniform"
 
 
-class TrainingConfig(Section):
+class OptimConfig(Section):
+    """What every kind of run shares: the optimizer, the schedule, the step."""
+
     epochs: Annotated[int, Field(gt=0)] = 20
     lr: Annotated[float, Field(gt=0)] = 2e-4
     weight_decay: Annotated[float, Field(ge=0)] = 0.05
@@ -155,6 +157,19 @@ class TrainingConfig(Section):
     """bf16 autocast on GPU; ignored on CPU."""
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     seed: int = 42
+    log_interval: Annotated[int, Field(gt=0)] = 50
+    """Optimizer steps between progress updates (the only host reads of the metrics)."""
+    max_bad_steps: Annotated[int, Field(gt=0)] = 5
+    """Consecutive non-finite losses tolerated (each skips its step) before the run stops."""
+    max_steps: Annotated[int, Field(gt=0)] | None = None
+    """Stop after this many optimizer steps in total (the last checkpoint is written, so the run
+    can be resumed); null = run every epoch."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrainingConfig(OptimConfig):
+    """Pre-training: the optimizer and the MAE objective."""
+
     loss_fn: LossName = "smooth_l1"
     loss_beta: Annotated[float, Field(gt=0)] = 1.0
     npho_weight: Annotated[float, Field(ge=0)] = 1.0
@@ -164,14 +179,6 @@ class TrainingConfig(Section):
     track_metrics: bool = False
     npho_loss_weight: NphoLossWeightConfig = NphoLossWeightConfig()
     intensity_reweighting: IntensityReweightingConfig = IntensityReweightingConfig()
-    log_interval: Annotated[int, Field(gt=0)] = 50
-    """Optimizer steps between progress updates (the only host reads of the metrics)."""
-    max_bad_steps: Annotated[int, Field(gt=0)] = 5
-    """Consecutive non-finite losses tolerated (each skips its step) before the run stops."""
-    max_steps: Annotated[int, Field(gt=0)] | None = None
-    """Stop after this many optimizer steps in total (the last checkpoint is written, so the run
-    can be resumed); null = run every epoch."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class CheckpointConfig(Section):
@@ -206,13 +213,11 @@ class MlflowConfig(Section):
     run_name: str | None = None
 
 
-class MAEConfig(Section):
-    """Everything a pre-training run needs."""
+class RunConfig(Section):
+    """The sections every run has; subclasses choose the model and training sections."""
 
     data: DataConfig = DataConfig()
     normalization: NormalizationConfig = NormalizationConfig()
-    model: MAEModelConfig = MAEModelConfig()
-    training: TrainingConfig = TrainingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     distributed: DistributedConfig = DistributedConfig()
     mlflow: MlflowConfig = MlflowConfig()
@@ -221,7 +226,86 @@ class MAEConfig(Section):
         return make_normalizer(self.normalization, self.training.time.npho_threshold)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        tree = self.model_dump(mode="json")
+        ordered = {k: tree[k] for k in SECTION_ORDER if k in tree} | tree
+        return yaml.safe_dump(ordered, sort_keys=False)
+
+
+SECTION_ORDER = ("data", "normalization", "model", "training", "checkpoint", "distributed", "mlflow")
+
+
+class MAEConfig(RunConfig):
+    """Everything a pre-training run needs."""
+
+    model: MAEModelConfig = MAEModelConfig()
+    training: TrainingConfig = TrainingConfig()
+
+
+# --- the inpainter: the MAE's architecture, fine-tuned to fill a few missing sensors ----------------
+class InpainterModelConfig(MAEModelConfig):
+    mask_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    freeze_encoder: bool = False
+    refine: bool = True
+    """A small convolution over the visible neighbours corrects the decoders' coarse output."""
+
+
+class InpainterTrainingConfig(TrainingConfig):
+    encoder_lr: Annotated[float, Field(ge=0)] | None = None
+    """Learning rate of the encoder (null = training.lr); ignored when the encoder is frozen."""
+
+
+class InpainterConfig(RunConfig):
+    """Dead-channel inpainting: the MAE objective at a low mask ratio, usually from an MAE checkpoint."""
+
+    model: InpainterModelConfig = InpainterModelConfig()
+    training: InpainterTrainingConfig = InpainterTrainingConfig()
+    mlflow: MlflowConfig = MlflowConfig(experiment="xecmae-inpainter")
+
+
+# --- the regressor ----------------------------------------------------------------------------------
+TASKS = ("angle", "energy", "timing", "position")
+Task = Literal["angle", "energy", "timing", "position"]
+
+
+class RegressorModelConfig(EncoderConfig):
+    tasks: list[Task] = ["position", "energy"]
+    head_hidden: Annotated[int, Field(gt=0)] = 256
+    freeze_encoder: bool = False
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"give one or more distinct tasks of {', '.join(TASKS)}")
+        return value
+
+
+class TimeInputConfig(Section):
+    npho_threshold: Annotated[float, Field(ge=0)] = 100.0
+    """Photons below which a sensor's time is invalid input."""
+
+
+class RegressionTrainingConfig(OptimConfig):
+    loss_fn: LossName = "smooth_l1"
+    loss_beta: Annotated[float, Field(gt=0)] = 1.0
+    task_loss_fn: dict[Task, LossName] = {}
+    """Per-task loss overriding loss_fn, e.g. {angle: l1}."""
+    task_weights: dict[Task, Annotated[float, Field(ge=0)]] = {}
+    """Per-task weight of the loss (default 1)."""
+    encoder_lr: Annotated[float, Field(ge=0)] | None = None
+    """Learning rate of the encoder (null = training.lr); ignored when the encoder is frozen."""
+    time: TimeInputConfig = TimeInputConfig()
+
+
+class RegressorConfig(RunConfig):
+    """Fine-tuning the encoder with one regression head per task."""
+
+    model: RegressorModelConfig = RegressorModelConfig()
+    training: RegressionTrainingConfig = RegressionTrainingConfig()
+    mlflow: MlflowConfig = MlflowConfig(experiment="xecmae-regressor")
+
+
+SCHEMAS: dict[str, type[RunConfig]] = {"mae": MAEConfig, "inpainter": InpainterConfig, "regressor": RegressorConfig}
 
 
 def make_normalizer(norm: NormalizationConfig, npho_threshold: float) -> Normalizer:
@@ -415,13 +499,25 @@ def flag_table(schema: type[Section] = MAEConfig) -> dict[str, str]:
     return table
 
 
-def add_config_flags(parser: argparse.ArgumentParser, schema: type[Section] = MAEConfig) -> None:
-    """One flag per configuration key (``--lr`` and ``--training.lr``); unset flags stay unset."""
+def add_config_flags(parser: argparse.ArgumentParser, *schemas: type[Section]) -> None:
+    """One flag per configuration key (``--lr`` and ``--training.lr``); unset flags stay unset.
+
+    With several schemas, the flags of all of them (validation later names a key the chosen
+    schema does not have).
+    """
+    schemas = schemas or (MAEConfig,)
     parser.add_argument("--config", default=None, help="YAML configuration file")
-    annotations = dict(_leaves(schema))
+    annotations: dict[str, Any] = {}
+    table: dict[str, str] = {}
+    for schema in schemas:
+        annotations |= dict(_leaves(schema))
+        for flag, dotted in flag_table(schema).items():
+            if table.setdefault(flag, dotted) != dotted:  # the same short flag for two keys: dotted only
+                table[flag] = ""
     by_key: dict[str, list[str]] = {}
-    for flag, dotted in flag_table(schema).items():
-        by_key.setdefault(dotted, []).append(flag)
+    for flag, dotted in table.items():
+        if dotted:
+            by_key.setdefault(dotted, []).append(flag)
     group = parser.add_argument_group("configuration overrides (any key of the YAML)")
     for dotted, flags in sorted(by_key.items()):
         annotation = annotations[dotted]
@@ -446,6 +542,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _parse_flag_value(value):
+    if isinstance(value, str) and value.lstrip().startswith("{"):  # a mapping, e.g. --task_weights "{energy: 2}"
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot read {value!r} as a mapping: {exc}") from None
     if isinstance(value, list):
         if len(value) == 1 and value[0].lower() in ("null", "none"):
             return None

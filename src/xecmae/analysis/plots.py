@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,3 +38,44 @@ def plot_loss_curves(history: Sequence[dict[str, float]], path: str | Path, titl
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_regression(pred: dict, truth: dict, depth, path: str | Path, title: str = "") -> Path:
+    """Residual histograms per target component and the resolution versus depth w, one row per task."""
+    import numpy as np
+
+    from xecmae.train.finetune import half_width_68
+
+    components = {"position": ("u [cm]", "v [cm]", "w [cm]"), "energy": ("(E - E_true) / E_true",),
+                  "timing": ("t [ns]",), "angle": ("theta [deg]", "phi [deg]")}
+    tasks = list(pred)
+    fig, axes = plt.subplots(len(tasks), 4, figsize=(16, 3.2 * len(tasks)), squeeze=False, layout="constrained")
+    edges = np.quantile(depth, np.linspace(0, 1, 7)) if len(depth) > 12 else np.array([depth.min(), depth.max()])
+    for row, task in enumerate(tasks):
+        residual = pred[task] - truth[task]
+        if task == "energy":
+            residual = residual / truth[task]
+        for k, label in enumerate(components[task]):
+            r = residual[:, k]
+            lim = np.percentile(np.abs(r), 99) or 1.0
+            axes[row, k].hist(r, bins=60, range=(-lim, lim), histtype="step", color="k")
+            axes[row, k].set_xlabel(f"{task} residual {label}")
+            axes[row, k].set_title(f"bias {np.median(r):.3g}, sigma68 {half_width_68(r):.3g}", fontsize=9)
+        ax = axes[row, 3]
+        centres = (edges[1:] + edges[:-1]) / 2
+        for k, label in enumerate(components[task]):
+            r = residual[:, k]
+            res = [half_width_68(r[(depth >= lo) & (depth <= hi)]) if ((depth >= lo) & (depth <= hi)).sum() > 3
+                   else np.nan for lo, hi in itertools.pairwise(edges)]
+            ax.plot(centres, res, "-o", label=label)
+        ax.set_xlabel("depth w [cm]")
+        ax.set_ylabel("resolution (sigma68)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        for k in range(len(components[task]), 3):
+            axes[row, k].axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,20 +1,19 @@
-"""``xecmae config show``: the configuration a run would use, as YAML."""
+"""``xecmae config show``: the configuration a run would use, as YAML (or single values for scripts)."""
 
 from __future__ import annotations
 
 import argparse
 
-from xecmae.config import ConfigError, MAEConfig, add_config_flags, config_from_args
-
-SCHEMAS = {"mae": MAEConfig}
+from xecmae.config import SCHEMAS, ConfigError, add_config_flags, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["show"], help="show: print the resolved configuration")
-    parser.add_argument("--kind", choices=sorted(SCHEMAS), default="mae", help="which run's schema (default mae)")
+    parser.add_argument("--kind", choices=sorted(SCHEMAS), default="mae",
+                        help="which run's schema: mae (pre-training), inpainter or regressor (default mae)")
     parser.add_argument("--get", metavar="KEY", nargs="+", default=None,
                         help="print only these dotted keys' values, one per line (for scripts), e.g. training.epochs")
-    add_config_flags(parser, MAEConfig)
+    add_config_flags(parser, *SCHEMAS.values())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,11 +30,13 @@ def is_sim(spec: str | list[str] | None) -> bool:
     return isinstance(spec, str) and spec.strip().startswith(SIM_SCHEME)
 
 
-def resolve_inputs(spec: str | list[str] | None) -> list[str]:
+def resolve_inputs(spec: str | os.PathLike | list[str | os.PathLike] | None) -> list[str]:
     """Input specification -> sorted, de-duplicated list of ROOT file paths (or ``[sim_url]``)."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
     if spec is None or (isinstance(spec, str) and not spec.strip()) or (isinstance(spec, list | tuple) and not spec):
         raise UserError("no input given: set a ROOT file, glob, directory, list or sim:// source")
-    items = [spec] if isinstance(spec, str) else list(spec)
+    items = [spec] if isinstance(spec, str) else [os.fspath(i) if isinstance(i, os.PathLike) else i for i in spec]
     if any(not isinstance(item, str) for item in items):
         raise UserError(f"input paths must be strings, got {spec!r}")
     if is_sim(items):

@@ -49,3 +49,45 @@ class GraphFaceDecoder(nn.Module):
     def forward(self, token: torch.Tensor) -> torch.Tensor:
         x = self.project(token).unsqueeze(1) + self.node_embedding  # (B, 73, d)
         return self.head(self.blocks(x)).transpose(1, 2)  # (B, C, 73)
+
+
+class GridRefiner(nn.Module):
+    """A local correction of a grid decoder's output from the visible input around each cell.
+
+    The decoders see the face only through one token, which is too coarse to draw a sharp light
+    spot; the inpainter adds this small dilated convolution (receptive field 15 cells) over
+    [decoder output, masked input, missing flags], whose last layer starts at zero so a model
+    loaded from an MAE starts from the MAE's output.
+    """
+
+    def __init__(self, channels: int, input_channels: int, width: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = channels + input_channels
+        for dilation in (1, 2, 4):
+            layers += [nn.Conv2d(c_in, width, kernel_size=3, padding=dilation, dilation=dilation), nn.GELU()]
+            c_in = width
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(width, channels, kernel_size=3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, decoded: torch.Tensor, face_input: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([decoded, face_input.to(decoded.dtype)], dim=1)  # (B, C + 4, H, W)
+        return decoded + self.out(self.body(x))
+
+
+class HexRefiner(nn.Module):
+    """The same local correction on a PMT plane: (B, C, 73) decoder output + (B, 73, 4) input."""
+
+    def __init__(self, channels: int, input_channels: int, width: int = 32):
+        super().__init__()
+        self.inp = nn.Linear(channels + input_channels, width)
+        self.block = HexNeXtBlock(width)
+        self.out = nn.Linear(width, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, decoded: torch.Tensor, face_input: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([decoded.transpose(1, 2), face_input.to(decoded.dtype)], dim=-1)  # (B, 73, C + 4)
+        return decoded + self.out(self.block(self.inp(x))).transpose(1, 2)

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from xecmae.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
-from xecmae.models.decoders import FaceDecoder, GraphFaceDecoder
+from xecmae.models.decoders import FaceDecoder, GraphFaceDecoder, GridRefiner, HexRefiner
 from xecmae.models.encoder import XECEncoder
+from xecmae.models.faces import INPUT_CHANNELS
 from xecmae.models.masking import hide, random_masking
 from xecmae.normalize import Normalizer
 
@@ -28,7 +29,8 @@ class XEC_MAE(nn.Module):
                  dim_feedforward: int | None = None, num_fusion_layers: int = 2, num_heads: int = 8,
                  dropout: float = 0.1, outer_mode: str = "finegrid", outer_fine_pool: tuple[int, int] | None = None,
                  predict_channels: tuple[str, ...] = ("npho", "time"), mask_ratio: float = 0.6,
-                 time_mask_ratio_scale: float = 1.0, auto_channel_weight: bool = False):
+                 time_mask_ratio_scale: float = 1.0, auto_channel_weight: bool = False,
+                 freeze_encoder: bool = False, refine: bool = False):
         super().__init__()
         if tuple(predict_channels) not in (("npho",), ("npho", "time")):
             raise ValueError(f"predict_channels must be ['npho'] or ['npho', 'time'], got {list(predict_channels)}")
@@ -45,10 +47,21 @@ class XEC_MAE(nn.Module):
         self.decoders = nn.ModuleDict(
             {face: FaceDecoder(encoder_dim, decoder_dim, channels, shapes[face]) for face in RECT_FACES})
         self.decoders.update({face: GraphFaceDecoder(encoder_dim, decoder_dim, channels) for face in HEX_FACES})
+        self.refiners = nn.ModuleDict(
+            {face: GridRefiner(channels, INPUT_CHANNELS) for face in RECT_FACES}
+            | {face: HexRefiner(channels, INPUT_CHANNELS) for face in HEX_FACES}) if refine else None
         # homoscedastic weighting: one learned log-variance per predicted channel
         self.channel_log_var = nn.Parameter(torch.zeros(channels)) if auto_channel_weight else None
         # the face tensors are channels-last; kernels stored the same way get matching gradient layouts
         self.to(memory_format=torch.channels_last)
+        self.encoder_frozen = freeze_encoder  # the inpainter may train its decoders only
+        self.encoder.requires_grad_(not freeze_encoder)
+
+    def train(self, mode: bool = True) -> XEC_MAE:
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()  # a frozen encoder also keeps its dropout off
+        return self
 
     def random_masking(self, valid: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return random_masking(valid, self.mask_ratio, self.time_mask_ratio_scale, generator)
@@ -70,6 +83,10 @@ class XEC_MAE(nn.Module):
         if hidden is None:
             hidden = self.random_masking(valid, generator)
         faces = self.forward_decoder(self.forward_encoder(x, valid, hidden))
+        if self.refiners is not None:
+            norm = self.normalizer
+            face_input = self.encoder.faces.to_faces(*hide(x, valid, hidden, norm.sentinel_npho, norm.sentinel_time))
+            faces = {face: self.refiners[face](out, face_input[face]) for face, out in faces.items()}
         with torch.autocast(x.device.type, enabled=False):
             pred = self.encoder.faces.to_sensors({k: v.float() for k, v in faces.items()})
         return MAEOutput(pred, hidden, faces)
@@ -83,7 +100,8 @@ def build_mae(cfg) -> XEC_MAE:
                    dropout=m.dropout, outer_mode=m.outer_mode, outer_fine_pool=m.outer_fine_pool,
                    predict_channels=tuple(m.predict_channels), mask_ratio=m.mask_ratio,
                    time_mask_ratio_scale=cfg.training.time.mask_ratio_scale,
-                   auto_channel_weight=cfg.training.auto_channel_weight)
+                   auto_channel_weight=cfg.training.auto_channel_weight,
+                   freeze_encoder=getattr(m, "freeze_encoder", False), refine=getattr(m, "refine", False))
 
 
 def parameter_summary(model: nn.Module) -> str:

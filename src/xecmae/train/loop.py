@@ -1,4 +1,4 @@
-"""One MAE optimisation step, one epoch, one evaluation. The caller decides everything else.
+"""One optimisation step and one evaluation pass, for any objective. The caller decides the rest.
 
 Every random choice of a step (the mask, dropout) is seeded from (seed, rank, batch index), so
 a resumed run repeats exactly what an uninterrupted one would have done. Nothing here reads a
@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from torch import nn
 from xecmae.errors import UserError
 from xecmae.train import distributed as dist
 from xecmae.train.ema import EMA
-from xecmae.train.losses import LossSettings, Stats, mae_loss
+from xecmae.train.losses import Stats
 from xecmae.train.metrics import MetricSums
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,18 @@ log = logging.getLogger(__name__)
 
 class TrainingStopped(UserError):
     """The run cannot go on (e.g. the loss stays non-finite)."""
+
+
+class Objective(Protocol):
+    """What a kind of run optimises: ``(model, raw, batch, generator, autocast, training) -> (loss, stats, extras)``.
+
+    ``model`` is what to call (maybe DDP-wrapped or compiled), ``raw`` the plain module (for its
+    attributes), ``extras`` whatever an evaluation callback wants to see (e.g. the predictions).
+    """
+
+    def __call__(self, model: nn.Module, raw: nn.Module, batch: dict[str, torch.Tensor],
+                 generator: torch.Generator, autocast: Callable, training: bool) -> tuple[torch.Tensor, Stats, Any]:
+        ...
 
 
 @dataclass
@@ -50,25 +63,23 @@ def batch_seed(seed: int, rank: int, index: int) -> int:
     return (seed * 0x9E3779B97F4A7C15 + rank * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % (2**63 - 1)
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch["x"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-class MAETrainer:
+class Trainer:
     """Holds what a step needs; ``train_step`` and ``evaluate`` are the whole algorithm."""
 
     def __init__(self, model: nn.Module, raw_model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler, ema: EMA | None, settings: LossSettings, eval_settings: LossSettings, *,
-                 seed: int, grad_accum_steps: int = 1, grad_clip: float = 0.0, amp: bool = False,
-                 device: torch.device = dist.CPU, max_bad_steps: int = 5,
-                 state: TrainState | None = None):
+                 scheduler, ema: EMA | None, objective: Objective, *, seed: int, grad_accum_steps: int = 1,
+                 grad_clip: float = 0.0, amp: bool = False, device: torch.device = dist.CPU,
+                 max_bad_steps: int = 5, state: TrainState | None = None):
         self.model = model  # what the step calls: maybe DDP-wrapped and/or compiled
-        self.raw = raw_model  # the plain XEC_MAE
+        self.raw = raw_model  # the plain module
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.ema = ema
-        self.settings = settings
-        self.eval_settings = eval_settings
+        self.objective = objective
         self.seed = seed
         self.accum = grad_accum_steps
         self.grad_clip = grad_clip
@@ -93,16 +104,12 @@ class MAETrainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> Stats:
         """Forward and backward on one batch; an optimizer step every ``grad_accum_steps`` batches."""
         self.model.train()
-        x, valid = to_device(batch, self.device)  # (B, 4760, 2) each
+        batch = to_device(batch, self.device)
         self._seed_batch(self.state.batch)
         stepping = (self.state.batch + 1) % self.accum == 0
         sync = contextlib.nullcontext() if stepping or not hasattr(self.model, "no_sync") else self.model.no_sync()
         with sync:
-            hidden = self.raw.random_masking(valid, self.generator)  # (B, 4760) True = hidden
-            with self.autocast():
-                out = self.model(x, valid, hidden=hidden)
-            loss, stats = mae_loss(out.pred, x, valid, hidden, self.raw.normalizer, self.settings,
-                                   self.raw.channel_log_var)
+            loss, stats, _ = self.objective(self.model, self.raw, batch, self.generator, self.autocast, True)
             (loss / self.accum).backward()
         if stepping:
             self._optimizer_step()
@@ -141,24 +148,20 @@ class MAETrainer:
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[dict[str, torch.Tensor]], on_batch: Callable | None = None) -> dict:
-        """Validation metrics: the training objective, same masking path, masks fixed per batch index.
+        """Validation metrics of the training objective, with per-batch seeds fixed across epochs.
 
-        ``on_batch(batch, hidden, pred)`` sees every batch (e.g. to write predictions).
+        ``on_batch(batch, extras)`` sees every batch (e.g. to write predictions).
         """
         model = self.eval_model()
         model.eval()
         sums = MetricSums()
         for index, batch in enumerate(loader):
-            x, valid = to_device(batch, self.device)
+            batch = to_device(batch, self.device)
             self._seed_batch(index, eval_offset=1)
-            hidden = model.random_masking(valid, self.generator)
-            with self.autocast():
-                out = model(x, valid, hidden=hidden)
-            _, stats = mae_loss(out.pred, x, valid, hidden, model.normalizer, self.eval_settings,
-                                model.channel_log_var)
+            _, stats, extras = self.objective(model, model, batch, self.generator, self.autocast, False)
             sums.add(stats)
             if on_batch is not None:
-                on_batch(batch, hidden, out.pred)
+                on_batch(batch, extras)
         sums.reduce()
         return sums.compute()
 
@@ -175,6 +178,3 @@ class Throughput:
 
     def rate(self) -> float:
         return self.events / max(time.perf_counter() - self.start, 1e-9)
-
-    def reset(self) -> None:
-        self.__init__()

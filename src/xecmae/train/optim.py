@@ -8,23 +8,34 @@ import torch
 from torch import nn
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def decays(name: str, param: torch.Tensor) -> bool:
     """Weight decay on weight matrices and kernels only: not on norms, biases or embeddings."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        exempt = (param.ndim < 2 or "embedding" in name or "norm" in name or leaf in ("gamma", "beta", "bias")
-                  or "log_var" in name)
-        (no_decay if exempt else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    leaf = name.rsplit(".", 1)[-1]
+    return not (param.ndim < 2 or "embedding" in name or "norm" in name or leaf in ("gamma", "beta", "bias")
+                or "log_var" in name)
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                   betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
-    """Fused AdamW: one kernel for all parameters, and it can skip a step on the device."""
-    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=betas, fused=True)
+def parameter_groups(named: list[tuple[str, torch.Tensor]], weight_decay: float, lr: float) -> list[dict]:
+    """The trainable parameters of ``named`` in a decayed and an undecayed group at ``lr``."""
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    return [g for g in (
+        {"params": [p for n, p in trainable if decays(n, p)], "weight_decay": weight_decay, "lr": lr},
+        {"params": [p for n, p in trainable if not decays(n, p)], "weight_decay": 0.0, "lr": lr},
+    ) if g["params"]]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
+                   groups: list[dict] | None = None) -> torch.optim.AdamW:
+    """Fused AdamW: one kernel for all parameters, and it can skip a step on the device.
+
+    ``groups`` are ``{"named": [(name, param), ...], "lr": float}`` parts with their own
+    learning rate (e.g. a slower encoder); by default the whole model at ``lr``.
+    """
+    parts = groups or [{"named": list(model.named_parameters()), "lr": lr}]
+    param_groups = [g for part in parts for g in parameter_groups(part["named"], weight_decay, part["lr"])]
+    if not param_groups:
+        raise ValueError("no trainable parameters")
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=True)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, lr_min_ratio: float) -> float:

@@ -1,0 +1,25 @@
+"""``xecmae finetune`` (also ``python -m lib.train_regressor``): regression from the (pre-trained) encoder.
+
+``--resume_from`` takes a regression checkpoint (resume), an MAE checkpoint or bare encoder
+weights (start from that encoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from xecmae.config import RegressorConfig, add_config_flags, config_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser, RegressorConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from xecmae.train import distributed as dist
+    from xecmae.train.finetune import finetune
+
+    run_dir = finetune(config_from_args(args, RegressorConfig))
+    if dist.context_from_env()[0] == 0:
+        print(f"run directory: {run_dir}")
+    return 0

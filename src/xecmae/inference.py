@@ -1,0 +1,104 @@
+"""Applying a trained model to files: filling the dead channels of a ROOT file.
+
+The output is a copy of the input tree, every branch kept, with the dead channels of ``npho``
+and ``relative_time`` replaced by the model's prediction (photons and seconds) and a new
+per-sensor boolean branch ``filled``. Healthy channels are copied bit for bit. Only channels
+dead in npho (1e10, NaN or inf) are filled; a dim sensor's time is real data and stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from xecmae.config import SCHEMAS, validate
+from xecmae.errors import UserError
+from xecmae.models import XEC_MAE, build_mae
+from xecmae.train.checkpoint import load_checkpoint
+from xecmae.train.initialize import checkpoint_kind
+
+log = logging.getLogger(__name__)
+
+FILLED_BRANCH = "filled"
+
+
+def load_inpainter(path: str | Path, device: torch.device) -> XEC_MAE:
+    """An inpainter (or MAE) from its checkpoint, EMA weights preferred, ready for inference."""
+    ckpt = load_checkpoint(path)
+    kind = checkpoint_kind(ckpt, str(path))
+    if kind not in ("inpainter", "mae"):
+        raise UserError(f"{path} is a {kind} checkpoint; filling dead channels needs an inpainter or MAE checkpoint")
+    cfg = validate(ckpt["config"], SCHEMAS[kind])
+    model = build_mae(cfg)
+    model.load_state_dict(ckpt["ema_state_dict"] or ckpt["model_state_dict"])
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def fill_chunk(model: XEC_MAE, npho: np.ndarray, time: np.ndarray, batch_size: int,
+               device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw (N, 4760) npho and time -> (npho, time, filled) with the dead channels predicted."""
+    norm = model.normalizer
+    x, valid = norm(torch.from_numpy(npho), torch.from_numpy(time))
+    dead = ~valid[..., 0]  # (N, 4760)
+    new_npho, new_time = npho.copy(), time.copy()
+    for start in range(0, len(npho), batch_size):
+        part = slice(start, start + batch_size)
+        d = dead[part]
+        if not d.any():
+            continue
+        pred = model(x[part].to(device), valid[part].to(device), hidden=d.to(device)).pred.float().cpu()
+        d_np = d.numpy()
+        new_npho[part][d_np] = norm.npho_inverse(pred[..., 0]).numpy()[d_np]
+        if pred.shape[-1] > 1:
+            new_time[part][d_np] = norm.time_inverse(pred[..., 1]).numpy()[d_np]
+    return new_npho.astype(npho.dtype), new_time.astype(time.dtype), dead.numpy()
+
+
+def fill_dead_channels(checkpoint: str | Path, input_path: str | Path, output_path: str | Path, *,
+                       tree_name: str = "tree", npho_branch: str = "npho", time_branch: str = "relative_time",
+                       chunk_events: int = 1024, batch_size: int = 64, device: str = "cpu") -> dict[str, int]:
+    """Write ``output_path``: the input with dead channels filled. Returns event and channel counts."""
+    from xecmae.data.rootio import check_branches, get_tree, open_file, write_tree
+
+    dev = torch.device(device)
+    model = load_inpainter(checkpoint, dev)
+    input_path, output_path = str(input_path), Path(output_path)
+    if Path(input_path).resolve() == output_path.resolve():
+        raise UserError("the output must not overwrite the input")
+    if not output_path.parent.is_dir():
+        raise UserError(f"cannot write {output_path}: directory {output_path.parent} does not exist")
+    file = open_file(input_path)
+    tree = get_tree(file, input_path, tree_name)
+    check_branches(tree, input_path, {npho_branch: (4760,), time_branch: (4760,)})
+    counts = {"events": 0, "filled_channels": 0}
+
+    def chunks() -> Iterator[dict[str, np.ndarray]]:
+        with tqdm(total=tree.num_entries, desc="filling", unit="ev", disable=None) as bar:
+            for arrays in tree.iterate(library="np", step_size=chunk_events):
+                jagged = [k for k, v in arrays.items() if v.dtype == object]
+                if jagged:
+                    raise UserError(f"{input_path}: variable-length branches are not supported: {', '.join(jagged)}")
+                npho, time, filled = fill_chunk(model, arrays[npho_branch], arrays[time_branch], batch_size, dev)
+                arrays[npho_branch], arrays[time_branch], arrays[FILLED_BRANCH] = npho, time, filled
+                counts["events"] += len(npho)
+                counts["filled_channels"] += int(filled.sum())
+                bar.update(len(npho))
+                yield arrays
+
+    tmp = output_path.with_name(f".{output_path.name}.tmp")
+    try:
+        write_tree(str(tmp), chunks(), tree_name=tree_name)
+        os.replace(tmp, output_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        file.close()
+    log.info("%s: %d events, %d dead channels filled (%.2f per event)", output_path, counts["events"],
+             counts["filled_channels"], counts["filled_channels"] / max(counts["events"], 1))
+    return counts

@@ -1,0 +1,105 @@
+"""Starting a run from another run's weights: what a checkpoint is, and loading its encoder.
+
+A dict with ``model_state_dict`` whose keys start with ``heads.`` is a full regression
+checkpoint; keys starting with ``encoder.`` mark an MAE (or inpainter) checkpoint, whose encoder
+is taken (its EMA weights when it has them); a bare state_dict is raw encoder weights. Anything
+else is refused, as is a checkpoint made with another normalization or encoder size: loading
+it would silently give a different model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from xecmae.config import ConfigError, RunConfig
+from xecmae.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ENCODER_KEYS = ("encoder_dim", "dim_feedforward", "num_fusion_layers", "num_heads", "outer_mode", "outer_fine_pool")
+
+
+def checkpoint_kind(ckpt: Any, path: str = "checkpoint") -> str:
+    """``regressor`` | ``mae`` | ``inpainter`` | ``encoder`` (bare weights)."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model_state_dict"), dict):
+        keys = list(ckpt["model_state_dict"])
+        if any(k.startswith("heads.") for k in keys):
+            return "regressor"
+        if any(k.startswith("encoder.") for k in keys):
+            return "inpainter" if ckpt.get("kind") == "inpainter" else "mae"
+    elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return "encoder"
+    raise UserError(f"{path}: not a checkpoint xecmae can start from (expected a regression or MAE checkpoint "
+                    "with a model_state_dict, or bare encoder weights)")
+
+
+def check_compatible(saved: dict | None, cfg: RunConfig, path: str) -> None:
+    """Refuse a checkpoint whose normalization or encoder shape differs from the configuration."""
+    if not saved:
+        return
+    problems = []
+    mine = cfg.model_dump(mode="json")
+    for key, value in saved.get("normalization", {}).items():
+        if mine["normalization"].get(key) != value:
+            ours = mine["normalization"].get(key)
+            problems.append(f"normalization.{key}: checkpoint {value!r}, configuration {ours!r}")
+    saved_threshold = saved.get("training", {}).get("time", {}).get("npho_threshold")
+    if saved_threshold is not None and saved_threshold != cfg.training.time.npho_threshold:
+        problems.append(f"training.time.npho_threshold: checkpoint {saved_threshold!r}, "
+                        f"configuration {cfg.training.time.npho_threshold!r}")
+    for key in ENCODER_KEYS:
+        theirs, ours = saved.get("model", {}).get(key), mine["model"].get(key)
+        if isinstance(theirs, list | tuple):
+            theirs = list(theirs)
+        if isinstance(ours, list | tuple):
+            ours = list(ours)
+        if theirs != ours:
+            problems.append(f"model.{key}: checkpoint {theirs!r}, configuration {ours!r}")
+    if problems:
+        raise ConfigError(f"{path} was made with different settings; refusing to load it:\n  " + "\n  ".join(problems))
+
+
+def encoder_state(ckpt: dict, path: str) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """The encoder weights of any checkpoint kind, which weights they are, and the keys left out."""
+    kind = checkpoint_kind(ckpt, path)
+    if kind == "encoder":
+        state = {k.removeprefix("encoder."): v for k, v in ckpt.items()}
+        return state, "bare encoder weights", []
+    use_ema = bool(ckpt.get("ema_state_dict"))
+    state = ckpt["ema_state_dict"] if use_ema else ckpt["model_state_dict"]
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    skipped = [k for k in state if not k.startswith("encoder.")]
+    return encoder, f"{kind} checkpoint, {'EMA' if use_ema else 'raw'} weights", skipped
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
+    """``load_state_dict`` with shape mismatches and missing keys reported by name, both shapes shown."""
+    mine = module.state_dict()
+    wrong = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(mine[k].shape)}"
+             for k, v in state.items() if k in mine and mine[k].shape != v.shape]
+    missing = sorted(set(mine) - set(state))
+    unexpected = sorted(set(state) - set(mine))
+    if wrong or missing or unexpected:
+        lines = wrong[:10] + [f"... and {len(wrong) - 10} more tensors of another shape"] * (len(wrong) > 10)
+        lines += [f"missing in checkpoint: {', '.join(missing[:8])}"] * bool(missing)
+        lines += [f"not in model: {', '.join(unexpected[:8])}"] * bool(unexpected)
+        raise ConfigError(f"{path}: the {what} does not fit the configured model:\n  " + "\n  ".join(lines))
+    module.load_state_dict(state)
+
+
+def init_encoder(model: nn.Module, ckpt: dict, path: str, cfg: RunConfig) -> None:
+    """Load only the encoder of ``ckpt`` into ``model.encoder``."""
+    check_compatible(ckpt.get("config") if checkpoint_kind(ckpt, path) != "encoder" else None, cfg, path)
+    state, source, skipped = encoder_state(ckpt, path)
+    load_weights(model.encoder, state, path, "encoder")
+    log.info("loaded %d encoder tensors from %s (%s); skipped %d other tensors%s", len(state), path, source,
+             len(skipped), f" ({_prefixes(skipped)})" if skipped else "")
+
+
+def _prefixes(keys: list[str]) -> str:
+    heads = sorted({".".join(k.split(".")[:2]) for k in keys})
+    return ", ".join(heads[:8]) + (", ..." if len(heads) > 8 else "")
