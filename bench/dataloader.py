@@ -218,4 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from xecmae.runtime import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as the xecmae commands do
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from xecmae.cli import main
+from xecmae.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["pretrain", *sys.argv[1:]]))
+    entry(["pretrain", *sys.argv[1:]])

@@ -171,3 +171,38 @@ def test_the_inpainter_config_defaults_follow_the_shared_parameter_table():
     t = InpainterConfig().training
     assert t.time.mask_ratio_scale == 1.0 and t.time.npho_threshold == 100 and t.time.use_npho_weight
     assert not t.track_mae_rmse and not t.track_metrics
+
+
+def test_the_inpainter_beats_the_neighbour_average_on_hidden_sensors(sim_data, tmp_path):
+    raw = {"data": {"train_path": sim_data["train"], "val_path": sim_data["val"], "batch_size": 32,
+                    "chunksize": 64, "num_workers": 0, "shuffle_buffer": 64},
+           # trained at a higher mask ratio for more signal per step, evaluated at the default 0.05
+           "model": {"size": "tiny", "mask_ratio": 0.2},
+           "training": {"epochs": 6, "lr": 3e-3, "warmup_epochs": 0, "seed": 2},
+           "checkpoint": {"save_dir": str(tmp_path), "run_name": "inp", "save_predictions": False,
+                          "save_every_steps": 0}, "mlflow": {"enabled": False}}
+    from xecmae.analysis.baselines import neighbour_average
+    from xecmae.inference import load_inpainter
+    from xecmae.train.inpaint import inpaint
+
+    run = inpaint(validate(raw, InpainterConfig))
+    model = load_inpainter(run / "inpainter_checkpoint_best.pth", torch.device("cpu"))
+    model.mask_ratio = 0.05
+    with uproot.open(sim_data["val"]) as f:
+        arrays = f["tree"].arrays(["npho", "relative_time"], library="np")
+    norm = model.normalizer
+    x, valid = norm(torch.from_numpy(arrays["npho"]), torch.from_numpy(arrays["relative_time"]))
+    with torch.no_grad():
+        out = model(x, valid, generator=torch.Generator().manual_seed(0))  # 5% hidden
+    scored = (out.hidden & valid[..., 0]).numpy()
+    truth = arrays["npho"]
+    known = (valid[..., 0] & ~out.hidden).numpy()
+    baseline = neighbour_average(np.where(known, truth, 0.0), known).numpy()
+    pred = out.pred[..., 0].numpy()
+    errors = {  # mean absolute error over the hidden sensors: normalized units (the loss's), photons
+        "normalized": (np.abs(pred - x[..., 0].numpy())[scored].mean(),
+                       np.abs(norm.npho_forward(baseline) - x[..., 0].numpy())[scored].mean()),
+        "photons": (np.abs(norm.npho_inverse(pred) - truth)[scored].mean(), np.abs(baseline - truth)[scored].mean()),
+    }
+    assert errors["normalized"][0] < 0.97 * errors["normalized"][1], errors
+    assert errors["photons"][0] < errors["photons"][1], errors

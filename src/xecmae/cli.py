@@ -72,5 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry(argv: list[str] | None = None) -> None:
+    """The console script and the ``lib`` forwarders: process set-up, then :func:`main`."""
+    from xecmae.runtime import restart_with_huge_pages
+
+    restart_with_huge_pages()
+    sys.exit(main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

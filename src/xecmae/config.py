@@ -246,7 +246,8 @@ class InpainterModelConfig(MAEModelConfig):
     mask_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.05
     freeze_encoder: bool = False
     refine: bool = True
-    """A small convolution over the visible neighbours corrects the decoders' coarse output."""
+    """Predict a learned correction to the neighbour average of the visible sensors, from the
+    decoders' output and the visible neighbourhood; false = the plain MAE decoders."""
 
 
 class InpainterTrainingConfig(TrainingConfig):

@@ -9,6 +9,7 @@ in a panel of its own. Dead sensors are grey and crossed; hidden (masked) sensor
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -16,9 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.collections import PatchCollection
+from matplotlib.collections import PolyCollection
 from matplotlib.colors import LogNorm, Normalize
-from matplotlib.patches import Circle, Rectangle
 
 from xecmae import geometry as geo
 
@@ -71,17 +71,36 @@ def _circles(face: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, z, y
 
 
+_CIRCLE_SIDES = 32
+
+
+@cache
+def _polygons(face: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sensor ids and (N, K, 2) outline corners (cm) of one face, computed once per face.
+
+    Rectangles for the grid faces, 32-gons for the top/bottom PMTs; drawn as one
+    PolyCollection, which is much faster than thousands of separate patches.
+    """
+    if face in geo.HEX_FACES:
+        ids, x, y = _circles(face)
+        angle = np.linspace(0.0, 2 * np.pi, _CIRCLE_SIDES, endpoint=False)
+        ring = geo.PMT_RADIUS * np.stack([np.cos(angle), np.sin(angle)], -1)  # (K, 2)
+        verts = np.stack([x, y], -1)[:, None, :] + ring[None]
+    else:
+        ids, x0, y0, w, h = _cells(face)
+        verts = np.stack([np.stack([x0, y0], -1), np.stack([x0 + w, y0], -1),
+                          np.stack([x0 + w, y0 + h], -1), np.stack([x0, y0 + h], -1)], 1)  # (N, 4, 2)
+    ids.setflags(write=False)
+    verts.setflags(write=False)
+    return ids, verts
+
+
 def draw_face(ax, face: str, values: np.ndarray, *, cmap="viridis", norm=None,
               dead: np.ndarray | None = None, hidden: np.ndarray | None = None):
     """Draw one face of a (4760,) value vector; returns the collection for a colour bar."""
     cmap = plt.get_cmap(cmap)
-    if face in geo.HEX_FACES:
-        ids, x, y = _circles(face)
-        patches = [Circle((a, b), geo.PMT_RADIUS) for a, b in zip(x, y, strict=True)]
-    else:
-        ids, x0, y0, w, h = _cells(face)
-        patches = [Rectangle((a, b), c, d) for a, b, c, d in zip(x0, y0, w, h, strict=True)]
-    collection = PatchCollection(patches, cmap=cmap.with_extremes(bad=DEAD_COLOUR), norm=norm, linewidths=0)
+    ids, verts = _polygons(face)
+    collection = PolyCollection(verts, cmap=cmap.with_extremes(bad=DEAD_COLOUR), norm=norm, linewidths=0)
     vals = np.asarray(values, dtype=float)[ids]
     bad = ~np.isfinite(vals) if dead is None else (np.asarray(dead)[ids] | ~np.isfinite(vals))
     if isinstance(norm, LogNorm) and norm.vmin is not None:
@@ -90,23 +109,15 @@ def draw_face(ax, face: str, values: np.ndarray, *, cmap="viridis", norm=None,
     ax.add_collection(collection)
     if dead is not None and np.asarray(dead)[ids].any():
         sel = np.flatnonzero(np.asarray(dead)[ids])
-        crosses = PatchCollection([_copy_patch(patches[k]) for k in sel], facecolor="none",
-                                  edgecolor=DEAD_EDGE, linewidths=0.3, hatch="xxx")
-        ax.add_collection(crosses)
+        ax.add_collection(PolyCollection(verts[sel], facecolor="none", edgecolor=DEAD_EDGE, linewidths=0.3,
+                                         hatch="xxx"))
     if hidden is not None and np.asarray(hidden)[ids].any():
         sel = np.flatnonzero(np.asarray(hidden)[ids])
-        outline = PatchCollection([_copy_patch(patches[k]) for k in sel], facecolor="none",
-                                  edgecolor="red", linewidths=0.25, alpha=0.7)
-        ax.add_collection(outline)
+        ax.add_collection(PolyCollection(verts[sel], facecolor="none", edgecolor="red", linewidths=0.25,
+                                         alpha=0.7))
     ax.autoscale_view()
     ax.set_aspect("equal")
     return collection
-
-
-def _copy_patch(patch):
-    if isinstance(patch, Circle):
-        return Circle(patch.center, patch.radius)
-    return Rectangle(patch.get_xy(), patch.get_width(), patch.get_height())
 
 
 def draw_unrolled(ax_main, ax_outer, values: np.ndarray, *, cmap="viridis", norm=None,

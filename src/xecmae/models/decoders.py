@@ -52,18 +52,18 @@ class GraphFaceDecoder(nn.Module):
 
 
 class GridRefiner(nn.Module):
-    """A local correction of a grid decoder's output from the visible input around each cell.
+    """The inpainter's local correction on a grid face, added to the neighbour-average estimate.
 
-    The decoders see the face only through one token, which is too coarse to draw a sharp light
-    spot; the inpainter adds this small dilated convolution (receptive field 15 cells) over
-    [decoder output, masked input, missing flags], whose last layer starts at zero so a model
-    loaded from an MAE starts from the MAE's output.
+    Inputs: the face decoder's output (global context from the encoder), the masked input with its
+    missing flags, and the neighbour-average estimate of every cell. A small dilated convolution
+    (receptive field 15 cells) returns the correction; its last layer starts at zero, so an
+    untrained inpainter reproduces the neighbour average.
     """
 
-    def __init__(self, channels: int, input_channels: int, width: int = 32):
+    def __init__(self, channels: int, input_channels: int, width: int = 16):
         super().__init__()
         layers: list[nn.Module] = []
-        c_in = channels + input_channels
+        c_in = 2 * channels + input_channels
         for dilation in (1, 2, 4):
             layers += [nn.Conv2d(c_in, width, kernel_size=3, padding=dilation, dilation=dilation), nn.GELU()]
             c_in = width
@@ -72,22 +72,23 @@ class GridRefiner(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, decoded: torch.Tensor, face_input: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([decoded, face_input.to(decoded.dtype)], dim=1)  # (B, C + 4, H, W)
-        return decoded + self.out(self.body(x))
+    def forward(self, decoded: torch.Tensor, face_input: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([decoded, face_input.to(decoded.dtype), estimate.to(decoded.dtype)], dim=1)  # (B, ., H, W)
+        return self.out(self.body(x))  # (B, C, H, W)
 
 
 class HexRefiner(nn.Module):
-    """The same local correction on a PMT plane: (B, C, 73) decoder output + (B, 73, 4) input."""
+    """The same correction on a PMT plane: (B, C, 73) decoder output, (B, 73, 4) input, (B, C, 73) estimate."""
 
-    def __init__(self, channels: int, input_channels: int, width: int = 32):
+    def __init__(self, channels: int, input_channels: int, width: int = 16):
         super().__init__()
-        self.inp = nn.Linear(channels + input_channels, width)
+        self.inp = nn.Linear(2 * channels + input_channels, width)
         self.block = HexNeXtBlock(width)
         self.out = nn.Linear(width, channels)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, decoded: torch.Tensor, face_input: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([decoded.transpose(1, 2), face_input.to(decoded.dtype)], dim=-1)  # (B, 73, C + 4)
-        return decoded + self.out(self.block(self.inp(x))).transpose(1, 2)
+    def forward(self, decoded: torch.Tensor, face_input: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([decoded.transpose(1, 2), face_input.to(decoded.dtype),
+                       estimate.transpose(1, 2).to(decoded.dtype)], dim=-1)  # (B, 73, .)
+        return self.out(self.block(self.inp(x))).transpose(1, 2)  # (B, C, 73)

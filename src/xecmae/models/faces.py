@@ -37,8 +37,9 @@ class FaceMapper(nn.Module):
         self.outer = geo.OuterGrid(outer_pool(outer_mode, outer_fine_pool))
         for face, ids in (("inner", geo.inner_map()), ("us", geo.lateral_map("us")),
                           ("ds", geo.lateral_map("ds")), ("top", geo.hex_ids("top")),
-                          ("bottom", geo.hex_ids("bottom"))):
+                          ("bottom", geo.hex_ids("bottom")), ("outer_fine", geo.outer_fine_map())):
             self.register_buffer(f"ids_{face}", torch.tensor(ids.ravel()), persistent=False)
+        self.pool = outer_pool(outer_mode, outer_fine_pool)
         self.shapes: dict[str, tuple[int, ...]] = {
             "inner": geo.INNER_SHAPE, "us": geo.LATERAL_SHAPE, "ds": geo.LATERAL_SHAPE,
             "outer": self.outer.shape, "top": (73,), "bottom": (73,),
@@ -70,6 +71,19 @@ class FaceMapper(nn.Module):
         time = torch.where(cov_time > 0, time, norm.sentinel_time)
         grid = torch.stack([npho, time, 1 - cov_npho, 1 - cov_time], dim=-1)  # (B, H, W, 4)
         return grid.permute(0, 3, 1, 2)
+
+    def to_grids(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 4760, C) per-sensor values -> decoder-shaped faces; the inverse of :meth:`to_sensors`
+        (exact without outer pooling; a pooled outer cell averages the sensors it overlaps)."""
+        grids = {}
+        for face in ("inner", "us", "ds", "outer_fine"):
+            h, w = self.shapes[face] if face != "outer_fine" else geo.OUTER_FINE_SHAPE
+            grids[face] = values[:, getattr(self, f"ids_{face}")].unflatten(1, (h, w)).permute(0, 3, 1, 2)
+        fine = grids.pop("outer_fine")
+        grids["outer"] = fine if self.pool == (1, 1) else torch.nn.functional.avg_pool2d(fine, self.pool)
+        for face in ("top", "bottom"):
+            grids[face] = values[:, getattr(self, f"ids_{face}")].transpose(1, 2)
+        return grids
 
     def to_sensors(self, faces: dict[str, torch.Tensor]) -> torch.Tensor:
         """Decoder outputs -> (B, 4760, C): grids (B, C, H, W), top/bottom (B, C, 73)."""

@@ -12,6 +12,7 @@ from xecmae.models.decoders import FaceDecoder, GraphFaceDecoder, GridRefiner, H
 from xecmae.models.encoder import XECEncoder
 from xecmae.models.faces import INPUT_CHANNELS
 from xecmae.models.masking import hide, random_masking
+from xecmae.neighbours import neighbour_average
 from xecmae.normalize import Normalizer
 
 
@@ -47,6 +48,7 @@ class XEC_MAE(nn.Module):
         self.decoders = nn.ModuleDict(
             {face: FaceDecoder(encoder_dim, decoder_dim, channels, shapes[face]) for face in RECT_FACES})
         self.decoders.update({face: GraphFaceDecoder(encoder_dim, decoder_dim, channels) for face in HEX_FACES})
+        # the inpainter: a learned correction to the neighbour average of the visible sensors
         self.refiners = nn.ModuleDict(
             {face: GridRefiner(channels, INPUT_CHANNELS) for face in RECT_FACES}
             | {face: HexRefiner(channels, INPUT_CHANNELS) for face in HEX_FACES}) if refine else None
@@ -83,13 +85,29 @@ class XEC_MAE(nn.Module):
         if hidden is None:
             hidden = self.random_masking(valid, generator)
         faces = self.forward_decoder(self.forward_encoder(x, valid, hidden))
-        if self.refiners is not None:
-            norm = self.normalizer
-            face_input = self.encoder.faces.to_faces(*hide(x, valid, hidden, norm.sentinel_npho, norm.sentinel_time))
-            faces = {face: self.refiners[face](out, face_input[face]) for face, out in faces.items()}
+        mapper = self.encoder.faces
+        if self.refiners is None:
+            with torch.autocast(x.device.type, enabled=False):
+                pred = mapper.to_sensors({k: v.float() for k, v in faces.items()})
+            return MAEOutput(pred, hidden, faces)
+        norm = self.normalizer
+        x_in, valid_in = hide(x, valid, hidden, norm.sentinel_npho, norm.sentinel_time)
         with torch.autocast(x.device.type, enabled=False):
-            pred = self.encoder.faces.to_sensors({k: v.float() for k, v in faces.items()})
-        return MAEOutput(pred, hidden, faces)
+            estimate = self.neighbour_estimate(x_in.float(), valid_in)  # (B, 4760, C)
+            estimate_faces, face_input = mapper.to_grids(estimate), mapper.to_faces(x_in.float(), valid_in)
+        corrections = {f: self.refiners[f](out, face_input[f], estimate_faces[f]) for f, out in faces.items()}
+        with torch.autocast(x.device.type, enabled=False):
+            pred = estimate + mapper.to_sensors({k: v.float() for k, v in corrections.items()})
+        return MAEOutput(pred, hidden, {f: estimate_faces[f] + corrections[f].float() for f in faces})
+
+    def neighbour_estimate(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, 4760, C) the neighbour average of the visible sensors (npho averaged in photons)."""
+        norm = self.normalizer
+        photons = norm.npho_inverse(torch.where(valid[..., 0], x[..., 0], 0.0))
+        channels = [norm.npho_forward(neighbour_average(photons, valid[..., 0]))]
+        if len(self.predict_channels) > 1:
+            channels.append(neighbour_average(x[..., 1], valid[..., 1]))
+        return torch.stack(channels, dim=-1)
 
 
 def build_mae(cfg) -> XEC_MAE:

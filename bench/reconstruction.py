@@ -1,0 +1,214 @@
+"""Reconstruction quality of a briefly trained MAE against the classical baselines.
+
+1. Simulates a training file and a held-out file (signal events, 1% dead channels) into a
+   temporary folder.
+2. Pre-trains the MAE (``--size``, tiny by default) through :func:`xecmae.train.pretrain.pretrain`
+   for a fixed budget: ``--steps`` optimizer steps (cosine schedule), or ``--minutes`` of wall
+   time (constant learning rate; the budget ends through the trainer's own SIGUSR1 handling,
+   which saves the last checkpoint and stops at the next step).
+3. Evaluates the held-out file with the trained model at mask ratio 0.6 and 0.05 (seeded masks),
+   writes each as a prediction file and scores it with :mod:`xecmae.analysis.analyze`, so the
+   model and the three baselines (neighbour average, solid-angle weighted neighbour average,
+   point-source fit) are scored on exactly the same hidden sensors, as ``xecmae analyze`` would.
+
+The last line printed is one JSON object: per mask ratio (``mask0p6``, ``mask0p05``) and method,
+``*_median_rel_npho_error_*`` (median |pred - truth| / truth over hidden sensors with truth >= 100
+photons), ``*_median_signed_rel_npho_error_*`` and, where predicted, ``*_time_rmse_ns_*``, plus
+the training budget actually used.
+
+    python bench/reconstruction.py --quick                 # under a minute
+    python bench/reconstruction.py                         # 3 minutes of training, one CPU thread
+    python bench/reconstruction.py --steps 2000 --device cuda --events 40000 --threads 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xecmae.analysis.analyze import analyze, face_table, format_table
+from xecmae.analysis.predictions import PredictionWriter
+from xecmae.config import validate
+from xecmae.data.simulate import EventGenerator, write_root
+from xecmae.data.stream import make_loader
+from xecmae.models import build_mae
+from xecmae.train.checkpoint import MAE_LAST, load_checkpoint
+from xecmae.train.pretrain import pretrain
+
+MASK_RATIOS = (0.6, 0.05)
+BRIGHT = 1000.0  # photons
+
+
+def ratio_tag(ratio: float) -> str:
+    """0.6 -> "mask0p6", 0.05 -> "mask0p05"."""
+    return "mask" + f"{ratio:g}".replace(".", "p")
+
+
+def make_config(args: argparse.Namespace, train: str, val: str, run_dir: Path):
+    """The pre-training configuration of the benchmark (validation only at the end, no MLflow)."""
+    steps_per_epoch = args.events // args.batch_size
+    if args.steps is not None:
+        epochs, max_steps, schedule = math.ceil(args.steps / steps_per_epoch), args.steps, "cosine"
+    else:
+        epochs, max_steps, schedule = 10_000, None, "none"  # stopped by the clock
+    return validate({
+        "data": {"train_path": train, "val_path": val, "batch_size": args.batch_size, "chunksize": 1024,
+                 "num_workers": args.workers, "num_threads": 1, "shuffle_buffer": 2048},
+        "model": {"size": args.size, "mask_ratio": 0.6},
+        "training": {"epochs": epochs, "max_steps": max_steps, "lr": args.lr, "lr_scheduler": schedule,
+                     "warmup_epochs": 0, "seed": args.seed, "log_interval": 10, "device": args.device},
+        "checkpoint": {"save_dir": str(run_dir), "run_name": "bench", "save_predictions": False,
+                       "save_every_steps": 0},
+        "mlflow": {"enabled": False},
+    })
+
+
+def train(cfg, minutes: float | None) -> tuple[Path, float]:
+    """Pre-train; with ``minutes``, ask the trainer to stop (SIGUSR1) when the time is up."""
+    timer = None
+    if minutes is not None:
+        previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the trainer installs its handler
+        timer = threading.Timer(minutes * 60, os.kill, (os.getpid(), signal.SIGUSR1))
+        timer.daemon = True
+    started = time.perf_counter()
+    try:
+        if timer is not None:
+            timer.start()
+        run_dir = pretrain(cfg)
+    finally:
+        if timer is not None:
+            timer.cancel()
+            signal.signal(signal.SIGUSR1, previous)
+    return run_dir, time.perf_counter() - started
+
+
+@torch.no_grad()
+def predict_file(cfg, model, device: torch.device, ratio: float, path: Path, seed: int) -> Path:
+    """Run the model over the held-out file with seeded masks at ``ratio``; write a prediction file."""
+    model.mask_ratio = ratio
+    generator = torch.Generator(device=device).manual_seed(seed)
+    channels = tuple(cfg.model.predict_channels)
+    with PredictionWriter(path, channels, cfg.normalizer()) as writer:
+        for batch in make_loader(cfg, "val"):
+            x, valid = batch["x"].to(device), batch["valid"].to(device)
+            out = model(x, valid, generator=generator)
+            writer.add(event=batch["event"].numpy(), run=batch["run"].numpy(), x=batch["x"].numpy(),
+                       valid=batch["valid"].numpy(), hidden=out.hidden.cpu().numpy(),
+                       pred=out.pred.float().cpu().numpy())
+    return path
+
+
+def summary(analysis, rows: list[dict], tag: str) -> dict[str, float | int]:
+    """The whole-detector numbers of each method, under unit-bearing keys.
+
+    Besides the table's numbers, the median relative npho error over bright sensors (truth >=
+    1000 photons), where photon statistics matter least and the light model's shape most.
+    """
+    out: dict[str, float | int] = {}
+    for r in rows:
+        if r["face"] != "all":
+            continue
+        m = r["method"]
+        if r["channel"] == "npho":
+            out[f"{m}_median_rel_npho_error_{tag}"] = round(r["median_abs_rel"], 5)
+            out[f"{m}_median_signed_rel_npho_error_{tag}"] = round(r["median_rel"], 5)
+            out[f"{m}_npho_rmse_photons_{tag}"] = round(r["rmse"], 3)
+            out[f"scored_sensors_truth_ge_100_photons_{tag}"] = r["rel_count"]
+        else:
+            out[f"{m}_time_rmse_ns_{tag}"] = round(r["rmse"], 5)
+            out[f"{m}_time_bias_ns_{tag}"] = round(r["bias"], 5)
+    npho = analysis.data["npho"]
+    bright = npho.truth >= BRIGHT
+    for method, pred in npho.pred.items():
+        if bright.any():
+            rel = np.abs(pred[bright] - npho.truth[bright]) / npho.truth[bright]
+            out[f"{method}_median_rel_npho_error_truth_ge_{BRIGHT:g}_{tag}"] = round(float(np.median(rel)), 5)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="512 training events, 10 steps, 64 held-out events")
+    parser.add_argument("--size", choices=("tiny", "small", "base"), default="tiny")
+    parser.add_argument("--events", type=int, default=4096, help="simulated training events")
+    parser.add_argument("--eval-events", type=int, default=256, help="simulated held-out events")
+    parser.add_argument("--minutes", type=float, default=3.0, help="training wall-time budget (default 3)")
+    parser.add_argument("--steps", type=int, default=None, help="a fixed number of optimizer steps instead")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--workers", type=int, default=0, help="data.num_workers (default 0: read in the main process)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: reproducible, and on a small busy machine faster than more)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", default=None, help="keep the simulated files, run and prediction files here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.eval_events, args.steps = 512, 64, 10
+    if args.events < args.batch_size:
+        parser.error(f"--events {args.events} is smaller than one batch of {args.batch_size}")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="xecmae-bench-") as tmp:
+        root = Path(args.keep) if args.keep else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        train_file, val_file = root / "train.root", root / "heldout.root"
+        write_root(train_file, args.events, EventGenerator(seed=1000 + args.seed), progress=False)
+        write_root(val_file, args.eval_events, EventGenerator(seed=2000 + args.seed), progress=False)
+        simulate_s = time.perf_counter() - started
+
+        cfg = make_config(args, str(train_file), str(val_file), root / "runs")
+        run_dir, train_s = train(cfg, None if args.steps is not None else args.minutes)
+        checkpoint = load_checkpoint(run_dir / MAE_LAST)
+        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                              else "cpu")
+        model = build_mae(cfg).to(device)
+        model.load_state_dict(checkpoint["model_state_dict"])
+        model.eval()
+
+        result: dict[str, float | int | str] = {
+            "model_size": args.size, "parameters": sum(p.numel() for p in model.parameters()),
+            "device": str(device), "train_events": args.events, "eval_events": args.eval_events,
+            "batch_size": args.batch_size, "torch_threads": args.threads, "train_steps": checkpoint["step"],
+            "train_seconds": round(train_s, 1),
+            "simulate_seconds": round(simulate_s, 1),
+        }
+        started = time.perf_counter()
+        for k, ratio in enumerate(MASK_RATIOS):
+            tag = ratio_tag(ratio)
+            path = predict_file(cfg, model, device, ratio, root / f"predictions_{tag}.root", seed=args.seed + k)
+            analysis = analyze(path)
+            rows = face_table(analysis)
+            print(f"\n== mask ratio {ratio:g} ==")
+            print(format_table(analysis, rows))
+            result |= summary(analysis, rows, tag)
+        result["eval_seconds"] = round(time.perf_counter() - started, 1)
+        for tag in map(ratio_tag, MASK_RATIOS):
+            best = min((k for k in result if k.endswith(f"_median_rel_npho_error_{tag}") and "signed" not in k
+                        and "truth_ge" not in k and not k.startswith("model_")), key=lambda k: result[k])
+            result[f"best_baseline_npho_{tag}"] = best.split("_median_rel")[0]
+        if args.keep:
+            print(f"\nfiles kept in {root}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    from xecmae.runtime import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as the xecmae commands do
+    sys.exit(main())
