@@ -37,7 +37,7 @@ def test_total_npho_of_signal_events_lies_between_3e5_and_1_5e6(signal):
     total = _alive_values(gen, events).sum(1)
     inside = (total > 3e5) & (total < 1.5e6)
     assert inside.mean() > 0.95, f"only {inside.mean():.1%} of 52.8 MeV events have 3e5 < total npho < 1.5e6"
-    assert 6e5 < np.median(total) < 8e5, f"median total npho {np.median(total):.3g}, design.md says 6-8e5"
+    assert 6e5 < np.median(total) < 8e5, f"median total npho {np.median(total):.3g}, expected 6-8e5 for 52.8 MeV"
 
 
 def test_light_of_a_point_source_peaks_at_the_closest_sensor():

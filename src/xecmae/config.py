@@ -46,6 +46,8 @@ class DataConfig(Section):
     time_branch: str = "relative_time"
     batch_size: Annotated[int, Field(gt=0)] = 1024
     chunksize: Annotated[int, Field(gt=0)] = 10000
+    """Events per file piece: files are cut into pieces of this size, which are shuffled and dealt
+    to ranks and workers (reads themselves are basket-aligned blocks of about 32 MB)."""
     num_workers: Annotated[int, Field(ge=0)] = 2
     num_threads: Annotated[int, Field(gt=0)] = 2
     prefetch_factor: Annotated[int, Field(gt=0)] = 2

@@ -1,6 +1,6 @@
 """Validated reading of XEC TTrees in chunks, and a small writer for TTrees of fixed-size arrays.
 
-Layout of an input file (design.md section 2): a TTree (``tree`` by default) with per-event
+Layout of an input file: a TTree (``tree`` by default) with per-event
 fixed-size arrays ``npho`` float32[4760] (photons) and ``relative_time`` float32[4760]
 (seconds); optional scalars ``run`` and ``event``; truth branches for fine-tuning. Every
 problem found here is a :class:`DataError` naming the file and what is wrong, never a

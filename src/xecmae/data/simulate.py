@@ -1,6 +1,6 @@
 """The built-in event generator: physically grounded XEC events, as arrays, ROOT files or a stream.
 
-One event, following design.md section 8 (lengths in cm, times in ns, energies in MeV inside):
+One event (lengths in cm, times in ns, energies in MeV inside):
 
 1. A gamma of energy E (spectrum ``signal`` = 52.83 MeV, ``flat:EMIN:EMAX`` or ``background``)
    leaves the target at a vertex ~ N(0, (1, 1, 3.5)) with a direction uniform in
@@ -855,9 +855,12 @@ def write_root(path: str | os.PathLike, n_events: int, generator: EventGenerator
                     for name, (dtype, shape) in BRANCHES.items()}
     bar = _progress_bar(n_events, progress)
     writer = _ChunkWriter(background_writer)
-    buffers: queue.Queue = queue.Queue()  # chunk buffers, reused: fresh memory is slow to touch
+    # chunk buffers, reused (fresh memory is slow to touch): the generator fills native arrays, which
+    # are copied into big-endian ones, ROOT's byte order, here, so the single writer thread does less
+    buffers: queue.Queue = queue.Queue()
     for _ in range(3 if background_writer else 1):
-        buffers.put(empty_events(chunk_events))
+        native = empty_events(chunk_events)
+        buffers.put((native, {k: np.empty_like(v, dtype=v.dtype.newbyteorder(">")) for k, v in native.items()}))
     try:
         for temp, start, stop in zip(temps, bounds[:-1], bounds[1:], strict=True):
             with uproot.recreate(temp, compression=codec) as handle:
@@ -865,10 +868,12 @@ def write_root(path: str | os.PathLike, n_events: int, generator: EventGenerator
                 try:
                     for lo in range(start, stop, chunk_events):
                         m = min(chunk_events, stop - lo)
-                        buffer = buffers.get()
-                        generator.fill(buffer, lo, m, workers=workers)
-                        writer.put(handle[tree].extend, {k: v[:m] for k, v in buffer.items()},
-                                   done=lambda b=buffer: buffers.put(b))
+                        native, big_endian = buffers.get()
+                        generator.fill(native, lo, m, workers=workers)
+                        for name, values in native.items():
+                            np.copyto(big_endian[name][:m], values[:m])
+                        writer.put(handle[tree].extend, {k: v[:m] for k, v in big_endian.items()},
+                                   done=lambda b=(native, big_endian): buffers.put(b))
                         bar.update(m)
                     writer.flush()
                 except BaseException:
