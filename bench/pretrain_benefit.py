@@ -1,7 +1,8 @@
 """Does MAE pre-training help? Fine-tune with few labels from the MAE encoder and from scratch.
 
-    python bench/pretrain_benefit.py [--quick] [--size tiny] [--pretrain-events N] [--pretrain-epochs E]
-                                     [--labelled N] [--finetune-epochs E] [--device cpu|cuda] [--keep DIR]
+    python bench/pretrain_benefit.py [--quick] [--size tiny] [--spectrum flat:15:60] [--pretrain-events N]
+                                     [--pretrain-epochs E] [--labelled N] [--finetune-epochs E]
+                                     [--device cpu|cuda] [--keep DIR]
 
 Simulates unlabelled events for pre-training, a small labelled set and a held-out set; pre-trains
 the MAE; then fine-tunes ``position`` and ``energy`` twice with the same budget (epochs, steps,
@@ -42,10 +43,12 @@ def run_benchmark(args, work: Path) -> dict:
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    unlabelled = write_root(data / "unlabelled.root", args.pretrain_events, EventGenerator(seed=101),
-                            progress=False)[0]
-    labelled = write_root(data / "labelled.root", args.labelled, EventGenerator(seed=202), progress=False)[0]
-    held_out = write_root(data / "held_out.root", args.held_out, EventGenerator(seed=303), progress=False)[0]
+    sets = {}
+    for name, events, seed in (("unlabelled", args.pretrain_events, 101), ("labelled", args.labelled, 202),
+                               ("held_out", args.held_out, 303)):
+        generator = EventGenerator(args.spectrum, seed=seed)
+        sets[name] = write_root(data / f"{name}.root", events, generator, progress=False)[0]
+    unlabelled, labelled, held_out = sets["unlabelled"], sets["labelled"], sets["held_out"]
 
     mae_raw = common(args, work, str(unlabelled), str(held_out), "mae", args.pretrain_epochs)
     mae_raw["model"] = {"size": args.size}
@@ -68,7 +71,7 @@ def run_benchmark(args, work: Path) -> dict:
         results[name] = {figure: best[f"val/{figure}"] for figure in FIGURES} | {
             "seconds": time.perf_counter() - t0, "best_epoch": best["epoch"]}
 
-    out = {"size": args.size, "device": args.device, "pretrain_events": args.pretrain_events,
+    out = {"size": args.size, "device": args.device, "spectrum": args.spectrum, "pretrain_events": args.pretrain_events,
            "pretrain_epochs": args.pretrain_epochs, "pretrain_s": round(pretrain_s, 1),
            "pretrain_val_loss_first_last": [round(mae_history[0]["val/total_loss"], 5),
                                             round(mae_history[-1]["val/total_loss"], 5)],
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few minutes: a smoke test, not a measurement")
     parser.add_argument("--size", choices=["tiny", "small", "base"], default="tiny")
+    parser.add_argument("--spectrum", default="flat:15:60",
+                        help="gamma energies of every set (a flat spectrum makes the energy resolution meaningful)")
     parser.add_argument("--pretrain-events", type=int, default=20000)
     parser.add_argument("--pretrain-epochs", type=int, default=4)
     parser.add_argument("--pretrain-lr", type=float, default=2e-3)
@@ -95,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", type=int, default=1000)
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
-    parser.add_argument("--encoder-lr", type=float, default=3e-4, help="encoder learning rate after pre-training")
+    parser.add_argument("--encoder-lr", type=float, default=None,
+                        help="encoder learning rate after pre-training (default: the same as --finetune-lr)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--seed", type=int, default=7)

@@ -19,6 +19,7 @@ the training budget actually used.
     python bench/reconstruction.py --quick                 # under a minute
     python bench/reconstruction.py                         # 3 minutes of training, one CPU thread
     python bench/reconstruction.py --steps 2000 --device cuda --events 40000 --threads 8
+    python bench/reconstruction.py --checkpoint artifacts/RUN/mae_checkpoint_best.pth   # a model trained elsewhere
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from xecmae.analysis.predictions import PredictionWriter
 from xecmae.config import validate
 from xecmae.data.simulate import EventGenerator, write_root
 from xecmae.data.stream import make_loader
-from xecmae.models import build_mae
+from xecmae.inference import load_inpainter
 from xecmae.train.checkpoint import MAE_LAST, load_checkpoint
 from xecmae.train.pretrain import pretrain
 
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-events", type=int, default=256, help="simulated held-out events")
     parser.add_argument("--minutes", type=float, default=3.0, help="training wall-time budget (default 3)")
     parser.add_argument("--steps", type=int, default=None, help="a fixed number of optimizer steps instead")
+    parser.add_argument("--checkpoint", default=None,
+                        help="evaluate this MAE checkpoint instead of training one (no training file is simulated)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--workers", type=int, default=0, help="data.num_workers (default 0: read in the main process)")
@@ -167,22 +170,28 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         train_file, val_file = root / "train.root", root / "heldout.root"
-        write_root(train_file, args.events, EventGenerator(seed=1000 + args.seed), progress=False)
+        if args.checkpoint is None:
+            write_root(train_file, args.events, EventGenerator(seed=1000 + args.seed), progress=False)
         write_root(val_file, args.eval_events, EventGenerator(seed=2000 + args.seed), progress=False)
         simulate_s = time.perf_counter() - started
 
         cfg = make_config(args, str(train_file), str(val_file), root / "runs")
-        run_dir, train_s = train(cfg, None if args.steps is not None else args.minutes)
-        checkpoint = load_checkpoint(run_dir / MAE_LAST)
         device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                               else "cpu")
-        model = build_mae(cfg).to(device)
-        model.load_state_dict(checkpoint["model_state_dict"])
-        model.eval()
+        if args.checkpoint is None:
+            run_dir, train_s = train(cfg, None if args.steps is not None else args.minutes)
+            checkpoint_path = run_dir / MAE_LAST
+        else:
+            checkpoint_path, train_s = Path(args.checkpoint), 0.0
+        checkpoint = load_checkpoint(checkpoint_path)
+        model = load_inpainter(checkpoint_path, device)  # EMA weights when the run kept them
+        trained = validate(checkpoint["config"])
+        cfg = cfg.model_copy(update={"model": trained.model, "normalization": trained.normalization})
 
         result: dict[str, float | int | str] = {
-            "model_size": args.size, "parameters": sum(p.numel() for p in model.parameters()),
-            "device": str(device), "train_events": args.events, "eval_events": args.eval_events,
+            "model_size": cfg.model.size, "parameters": sum(p.numel() for p in model.parameters()),
+            "checkpoint": str(checkpoint_path) if args.checkpoint else None, "device": str(device),
+            "train_events": args.events if args.checkpoint is None else None, "eval_events": args.eval_events,
             "batch_size": args.batch_size, "torch_threads": args.threads, "train_steps": checkpoint["step"],
             "train_seconds": round(train_s, 1),
             "simulate_seconds": round(simulate_s, 1),

@@ -85,16 +85,10 @@ def inspect_file(path: str | Path) -> tuple[dict[str, Any], tuple[str, ...], int
     The channels are those named in the metadata whose ``truth_``/``masked_``/``pred_``
     branches exist (a channel named but without branches is dropped with a warning).
     """
-    import uproot
+    from xecmae.data.rootio import open_file
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        handle = uproot.open(path)
-    except Exception as exc:  # uproot raises many kinds for a file that is not ROOT
-        raise UserError(f"{path}: cannot be opened as a ROOT file ({type(exc).__name__})") from None
-    with handle:
+    with open_file(str(path)) as handle:
         names = {k.split(";")[0] for k in handle}
         if TREE not in names or METADATA not in names:
             raise UserError(f"{path}: not a prediction file (needs TTrees {TREE!r} and {METADATA!r}; "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from xecmae.commands import announce_run_directory
 from xecmae.config import RegressorConfig, add_config_flags, config_from_args
 
 
@@ -16,10 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xecmae.train import distributed as dist
     from xecmae.train.finetune import finetune
 
-    run_dir = finetune(config_from_args(args, RegressorConfig))
-    if dist.context_from_env()[0] == 0:
-        print(f"run directory: {run_dir}")
-    return 0
+    return announce_run_directory(finetune(config_from_args(args, RegressorConfig)))

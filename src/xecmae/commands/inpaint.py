@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from xecmae.commands import announce_run_directory
 from xecmae.config import InpainterConfig, add_config_flags, config_from_args
 
 
@@ -12,10 +13,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xecmae.train import distributed as dist
     from xecmae.train.inpaint import inpaint
 
-    run_dir = inpaint(config_from_args(args, InpainterConfig))
-    if dist.context_from_env()[0] == 0:
-        print(f"run directory: {run_dir}")
-    return 0
+    return announce_run_directory(inpaint(config_from_args(args, InpainterConfig)))

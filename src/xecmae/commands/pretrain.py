@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from xecmae.commands import announce_run_directory
 from xecmae.config import MAEConfig, add_config_flags, config_from_args
 
 
@@ -25,9 +26,4 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from xecmae.train.pretrain import pretrain
 
-    run_dir = pretrain(cfg)
-    from xecmae.train import distributed as dist
-
-    if dist.context_from_env()[0] == 0:
-        print(f"run directory: {run_dir}")
-    return 0
+    return announce_run_directory(pretrain(cfg))

@@ -24,17 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_event(path: str, tree: str, entry: int, branches: tuple[str, ...]) -> dict[str, np.ndarray]:
     """One entry of ``branches`` (missing truth branches are skipped) as numpy values."""
-    import uproot
-
+    from xecmae.data.rootio import open_file
     from xecmae.errors import UserError
 
-    if not Path(path).is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        handle = uproot.open(path)
-    except Exception as exc:  # uproot raises many kinds for a file that is not ROOT
-        raise UserError(f"{path}: cannot be opened as a ROOT file ({type(exc).__name__})") from None
-    with handle:
+    with open_file(str(path)) as handle:
         if tree not in handle:
             keys = ", ".join(sorted({k.split(";")[0] for k in handle})) or "none"
             raise UserError(f"{path}: no tree {tree!r} (objects: {keys})")
