@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=["tiny", "small", "base"], default="tiny")
     parser.add_argument("--spectrum", default="flat:15:60",
                         help="gamma energies of every set (a flat spectrum makes the energy resolution meaningful)")
-    parser.add_argument("--pretrain-events", type=int, default=20000)
+    parser.add_argument("--pretrain-events", type=int, default=10000)
     parser.add_argument("--pretrain-epochs", type=int, default=4)
     parser.add_argument("--pretrain-lr", type=float, default=2e-3)
     parser.add_argument("--labelled", type=int, default=2000)

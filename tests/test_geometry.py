@@ -148,11 +148,11 @@ def test_outer_fine_grid_round_trip_preserves_every_sensor():
     fine_npho, fine_time, cov_n, _cov_t = grid.to_grid(npho, time, ok, ok)
     assert fine_npho.shape == (3, 45, 72) and (cov_n == 1).all()
     back_npho, back_time = grid.to_sensors(fine_npho, fine_time)
-    ids = torch.as_tensor(geo.outer_ids())
+    ids = torch.tensor(geo.outer_ids())  # a copy: the cached index array is read-only
     torch.testing.assert_close(back_npho, npho[:, ids], rtol=1e-12, atol=0)
     torch.testing.assert_close(back_time, time[:, ids], rtol=1e-12, atol=1e-30)
     # npho is spread: a coarse PMT's 15 cells each hold a fifteenth of its photons
-    owner = torch.as_tensor(geo.outer_fine_map())
+    owner = torch.tensor(geo.outer_fine_map())
     assert torch.allclose(fine_npho[0, 0, 0], npho[0, owner[0, 0]] / 15)
 
 
