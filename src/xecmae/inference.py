@@ -21,7 +21,7 @@ from xecmae.config import SCHEMAS, validate
 from xecmae.errors import UserError
 from xecmae.models import XEC_MAE, build_mae
 from xecmae.train.checkpoint import load_checkpoint
-from xecmae.train.initialize import checkpoint_kind
+from xecmae.train.initialize import checkpoint_kind, preferred_weights
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def load_inpainter(path: str | Path, device: torch.device) -> XEC_MAE:
         raise UserError(f"{path} is a {kind} checkpoint; filling dead channels needs an inpainter or MAE checkpoint")
     cfg = validate(ckpt["config"], SCHEMAS[kind])
     model = build_mae(cfg)
-    model.load_state_dict(ckpt["ema_state_dict"] or ckpt["model_state_dict"])
+    model.load_state_dict(preferred_weights(ckpt)[0])
     return model.to(device).eval()
 
 
@@ -58,14 +58,14 @@ def fill_chunk(model: XEC_MAE, npho: np.ndarray, time: np.ndarray, batch_size: i
         new_npho[part][d_np] = norm.npho_inverse(pred[..., 0]).numpy()[d_np]
         if pred.shape[-1] > 1:
             new_time[part][d_np] = norm.time_inverse(pred[..., 1]).numpy()[d_np]
-    return new_npho.astype(npho.dtype), new_time.astype(time.dtype), dead.numpy()
+    return new_npho, new_time, dead.numpy()
 
 
 def fill_dead_channels(checkpoint: str | Path, input_path: str | Path, output_path: str | Path, *,
                        tree_name: str = "tree", npho_branch: str = "npho", time_branch: str = "relative_time",
                        chunk_events: int = 1024, batch_size: int = 64, device: str = "cpu") -> dict[str, int]:
     """Write ``output_path``: the input with dead channels filled. Returns event and channel counts."""
-    from xecmae.data.rootio import check_branches, get_tree, open_file, write_tree
+    from xecmae.data.rootio import check_branches, get_tree, open_file
 
     dev = torch.device(device)
     model = load_inpainter(checkpoint, dev)
@@ -74,9 +74,21 @@ def fill_dead_channels(checkpoint: str | Path, input_path: str | Path, output_pa
         raise UserError("the output must not overwrite the input")
     if not output_path.parent.is_dir():
         raise UserError(f"cannot write {output_path}: directory {output_path.parent} does not exist")
-    file = open_file(input_path)
-    tree = get_tree(file, input_path, tree_name)
-    check_branches(tree, input_path, {npho_branch: (4760,), time_branch: (4760,)})
+    with open_file(input_path) as file:
+        tree = get_tree(file, input_path, tree_name)
+        check_branches(tree, input_path, {npho_branch: (4760,), time_branch: (4760,)})
+        counts = _write_filled(tree, model, dev, input_path, output_path, npho_branch, time_branch, tree_name,
+                               chunk_events, batch_size)
+    log.info("%s: %d events, %d dead channels filled (%.2f per event)", output_path, counts["events"],
+             counts["filled_channels"], counts["filled_channels"] / max(counts["events"], 1))
+    return counts
+
+
+def _write_filled(tree, model: XEC_MAE, dev: torch.device, input_path: str, output_path: Path, npho_branch: str,
+                  time_branch: str, tree_name: str, chunk_events: int, batch_size: int) -> dict[str, int]:
+    """Stream ``tree`` through :func:`fill_chunk` into ``output_path``, written atomically."""
+    from xecmae.data.rootio import write_tree
+
     counts = {"events": 0, "filled_channels": 0}
 
     def chunks() -> Iterator[dict[str, np.ndarray]]:
@@ -98,7 +110,4 @@ def fill_dead_channels(checkpoint: str | Path, input_path: str | Path, output_pa
         os.replace(tmp, output_path)
     finally:
         tmp.unlink(missing_ok=True)
-        file.close()
-    log.info("%s: %d events, %d dead channels filled (%.2f per event)", output_path, counts["events"],
-             counts["filled_channels"], counts["filled_channels"] / max(counts["events"], 1))
     return counts

@@ -64,14 +64,15 @@ def _neighbour_weights(radius: float, power: float) -> torch.Tensor:
                                        torch.from_numpy(vals[order]), (geo.N_SENSORS,) * 2, check_invariants=False)
 
 
-@cache
-def _face_onehot_cpu() -> torch.Tensor:
-    return torch.nn.functional.one_hot(torch.tensor(geo.face_of_sensor()), len(geo.FACE_NAMES)).double()
-
-
 def face_onehot(dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> torch.Tensor:
-    """(4760, 6) 1 where sensor s belongs to face f."""
-    return _face_onehot_cpu().to(dtype=dtype, device=device)
+    """(4760, 6) 1 where sensor s belongs to face f; built once per dtype and device (a hot path)."""
+    return _face_onehot(dtype, str(torch.device(device)))
+
+
+@cache
+def _face_onehot(dtype: torch.dtype, device: str) -> torch.Tensor:
+    ids = torch.tensor(geo.face_of_sensor())
+    return torch.nn.functional.one_hot(ids, len(geo.FACE_NAMES)).to(dtype=dtype, device=device)
 
 
 def apply_weights(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

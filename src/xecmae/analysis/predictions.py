@@ -27,10 +27,6 @@ SENSOR_ARRAY = np.dtype((np.float32, (N_SENSORS,)))
 CHUNK_EVENTS = 128  # ~2.4 MB per branch per basket
 
 
-def prediction_path(run_dir: str | Path, epoch: int) -> Path:
-    return Path(run_dir) / f"mae_predictions_epoch_{epoch}.root"
-
-
 def branch_types(channels: tuple[str, ...]) -> dict[str, Any]:
     types: dict[str, Any] = {"event_id": np.int64, "run": np.int32}
     for name in channels:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import uproot
 
+from xecmae.data.sources import REMOTE_SCHEMES
 from xecmae.errors import UserError
 from xecmae.geometry import N_SENSORS
 
@@ -34,7 +35,6 @@ TRUTH_SHAPES: dict[str, tuple[int, ...]] = {
     "emiAng": (2,),  # degrees, (theta from +z, phi = atan2(vy, -vx))
 }
 ID_BRANCHES = ("run", "event")
-_REMOTE = ("root://", "http://", "https://", "s3://", "xroot://")
 _MAX_LISTED = 40
 
 
@@ -82,7 +82,7 @@ def open_file(path: str):
     Memory-mapping would count every page of the file read so far in the process's resident
     memory; plain reads keep the resident size to the arrays actually held.
     """
-    local = not path.startswith(_REMOTE)
+    local = not path.startswith(REMOTE_SCHEMES)
     options = {"handler": uproot.source.file.MultithreadedFileSource} if local else {}
     try:
         file = uproot.open(path, array_cache=None, **options)

@@ -66,7 +66,9 @@ import numpy as np
 import torch
 
 from xecmae import geometry as geo
+from xecmae.data.sources import SIM_SCHEME
 from xecmae.errors import UserError
+from xecmae.normalize import DEAD_VALUE
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,6 @@ JITTER_SINGLE_PE = 1.0  # ns, the sqrt(1/nphe) term
 JITTER_FLOOR = 0.040  # ns
 NOISE_TIME_WINDOW = 250.0  # ns after the reference, for sensors without photoelectrons
 REFERENCE_NPHE = 50  # relative_time is measured from the earliest sensor above this
-DEAD_VALUE = 1e10
 BACKGROUND_RANGE = (10.0, 60.0)  # MeV
 BACKGROUND_SLOPE = 10.0  # MeV, dN/dE ~ exp(-E / slope)
 FLAT_DEFAULT = (15.0, 60.0)
@@ -689,7 +690,6 @@ def _kinematics(spectrum: Spectrum, rng: np.random.Generator, n: int) -> dict[st
 
 
 # --- streaming: sim:// sources -------------------------------------------------------------------
-SIM_SCHEME = "sim://"
 DEFAULT_EPOCH_EVENTS = 100_000
 
 

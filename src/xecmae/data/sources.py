@@ -20,7 +20,7 @@ from xecmae.errors import UserError
 SIM_SCHEME = "sim://"
 ROOT_SIGNATURE = b"root"
 _GLOB_CHARS = frozenset("*?[")
-_REMOTE = ("root://", "http://", "https://", "s3://", "xroot://")
+REMOTE_SCHEMES = ("root://", "http://", "https://", "s3://", "xroot://")
 
 
 def is_sim(spec: str | list[str] | None) -> bool:
@@ -50,7 +50,7 @@ def resolve_inputs(spec: str | os.PathLike | list[str | os.PathLike] | None) -> 
 
 
 def _resolve_one(item: str, allow_list: bool, where: str = "") -> list[str]:
-    if item.startswith(_REMOTE):
+    if item.startswith(REMOTE_SCHEMES):
         return [item]
     path = os.path.expandvars(os.path.expanduser(item))
     if _GLOB_CHARS.intersection(path):
@@ -88,7 +88,7 @@ def _read_list(path: str) -> list[str]:
         if not entry:
             continue
         expanded = os.path.expandvars(os.path.expanduser(entry))
-        full = expanded if entry.startswith(_REMOTE) or os.path.isabs(expanded) else os.path.join(base, expanded)
+        full = expanded if entry.startswith(REMOTE_SCHEMES) or os.path.isabs(expanded) else os.path.join(base, expanded)
         if not files and not _GLOB_CHARS.intersection(full) and not os.path.exists(full):
             raise UserError(f"{path}: {_not_root_reason(path)}, and not a list of paths "
                             f"(line {number}, {entry[:80]!r}, is no existing file)")

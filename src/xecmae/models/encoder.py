@@ -80,3 +80,21 @@ class XECEncoder(nn.Module):
         faces = self.faces.to_faces(x.float(), valid)
         tokens = torch.stack([self.backbones[f](faces[f]) for f in FACE_NAMES], dim=1)  # (B, 6, D)
         return self.norm(self.fusion(tokens + self.face_embedding))  # (B, 6, D)
+
+
+class EncoderModel(nn.Module):
+    """A model built around an :class:`XECEncoder` (the MAE, the regressor), which can be frozen."""
+
+    encoder: XECEncoder
+    encoder_frozen: bool = False
+
+    def set_encoder_frozen(self, frozen: bool) -> None:
+        """Fixed encoder weights; in training mode the encoder then stays in eval mode too."""
+        self.encoder_frozen = frozen
+        self.encoder.requires_grad_(not frozen)
+
+    def train(self, mode: bool = True) -> EncoderModel:
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()  # a frozen encoder also keeps its dropout off
+        return self

@@ -9,7 +9,7 @@ from torch import nn
 
 from xecmae.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
 from xecmae.models.decoders import FaceDecoder, GraphFaceDecoder, GridRefiner, HexRefiner
-from xecmae.models.encoder import XECEncoder
+from xecmae.models.encoder import EncoderModel, XECEncoder
 from xecmae.models.faces import INPUT_CHANNELS
 from xecmae.models.masking import hide, random_masking
 from xecmae.neighbours import neighbour_average
@@ -23,7 +23,7 @@ class MAEOutput:
     faces: dict[str, torch.Tensor]  # decoder outputs, e.g. inner (B, C, 93, 44), top (B, C, 73)
 
 
-class XEC_MAE(nn.Module):
+class XEC_MAE(EncoderModel):
     """Masked autoencoder over the 4760 sensors; the loss lives in :mod:`xecmae.train.losses`."""
 
     def __init__(self, normalizer: Normalizer, *, encoder_dim: int = 1024, decoder_dim: int = 128,
@@ -56,14 +56,7 @@ class XEC_MAE(nn.Module):
         self.channel_log_var = nn.Parameter(torch.zeros(channels)) if auto_channel_weight else None
         # the face tensors are channels-last; kernels stored the same way get matching gradient layouts
         self.to(memory_format=torch.channels_last)
-        self.encoder_frozen = freeze_encoder  # the inpainter may train its decoders only
-        self.encoder.requires_grad_(not freeze_encoder)
-
-    def train(self, mode: bool = True) -> XEC_MAE:
-        super().train(mode)
-        if self.encoder_frozen:
-            self.encoder.eval()  # a frozen encoder also keeps its dropout off
-        return self
+        self.set_encoder_frozen(freeze_encoder)  # the inpainter may train its decoders only
 
     def random_masking(self, valid: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return random_masking(valid, self.mask_ratio, self.time_mask_ratio_scale, generator)

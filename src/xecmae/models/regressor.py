@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from xecmae.geometry import FACE_NAMES
-from xecmae.models.encoder import XECEncoder
+from xecmae.models.encoder import EncoderModel, XECEncoder
 from xecmae.normalize import Normalizer
 
 
@@ -55,7 +55,7 @@ class RegressionHead(nn.Module):
         return self.mlp(tokens.flatten(1))
 
 
-class XECRegressor(nn.Module):
+class XECRegressor(EncoderModel):
     """Encoder + heads: (B, 4760, 2) values and validity -> {task: (B, size) scaled targets}."""
 
     def __init__(self, normalizer: Normalizer, tasks: tuple[str, ...], *, head_hidden: int = 256,
@@ -69,14 +69,7 @@ class XECRegressor(nn.Module):
         self.encoder = XECEncoder(normalizer, **encoder_kwargs)
         dim = self.encoder.encoder_dim
         self.heads = nn.ModuleDict({t: RegressionHead(dim, head_hidden, TASK_TARGETS[t].size) for t in self.tasks})
-        self.encoder_frozen = freeze_encoder
-        self.encoder.requires_grad_(not freeze_encoder)
-
-    def train(self, mode: bool = True) -> XECRegressor:
-        super().train(mode)
-        if self.encoder_frozen:
-            self.encoder.eval()  # a frozen encoder also keeps its dropout off
-        return self
+        self.set_encoder_frozen(freeze_encoder)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens = self.encoder(x, valid)  # (B, 6, D)

@@ -63,14 +63,19 @@ def check_compatible(saved: dict | None, cfg: RunConfig, path: str) -> None:
         raise ConfigError(f"{path} was made with different settings; refusing to load it:\n  " + "\n  ".join(problems))
 
 
+def preferred_weights(ckpt: dict) -> tuple[dict[str, torch.Tensor], bool]:
+    """A full checkpoint's model weights, its EMA weights when it kept them; and whether they are EMA."""
+    use_ema = bool(ckpt.get("ema_state_dict"))
+    return (ckpt["ema_state_dict"] if use_ema else ckpt["model_state_dict"]), use_ema
+
+
 def encoder_state(ckpt: dict, path: str) -> tuple[dict[str, torch.Tensor], str, list[str]]:
     """The encoder weights of any checkpoint kind, which weights they are, and the keys left out."""
     kind = checkpoint_kind(ckpt, path)
     if kind == "encoder":
         state = {k.removeprefix("encoder."): v for k, v in ckpt.items()}
         return state, "bare encoder weights", []
-    use_ema = bool(ckpt.get("ema_state_dict"))
-    state = ckpt["ema_state_dict"] if use_ema else ckpt["model_state_dict"]
+    state, use_ema = preferred_weights(ckpt)
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     skipped = [k for k in state if not k.startswith("encoder.")]
     return encoder, f"{kind} checkpoint, {'EMA' if use_ema else 'raw'} weights", skipped

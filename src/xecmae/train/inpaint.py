@@ -16,7 +16,7 @@ from xecmae.config import InpainterConfig
 from xecmae.models import build_mae
 from xecmae.train.engine import RunSpec, fit
 from xecmae.train.finetune import encoder_lr_groups
-from xecmae.train.initialize import check_compatible, checkpoint_kind, init_encoder
+from xecmae.train.initialize import check_compatible, checkpoint_kind, init_encoder, preferred_weights
 from xecmae.train.pretrain import mae_objective, prediction_report
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,7 @@ def init_inpainter(cfg: InpainterConfig):
         kind = checkpoint_kind(ckpt, path)
         if kind in ("mae", "inpainter"):
             check_compatible(ckpt.get("config"), cfg, path)
-            use_ema = bool(ckpt.get("ema_state_dict"))
-            state = ckpt["ema_state_dict"] if use_ema else ckpt["model_state_dict"]
+            state, use_ema = preferred_weights(ckpt)
             mine = model.state_dict()
             shared = {k: v for k, v in state.items() if k in mine and not k.startswith("refiners.")}
             if set(shared) == {k for k in mine if not k.startswith("refiners.")} and all(

@@ -12,12 +12,12 @@ normalising the weights to mean 1 over the scored sensors of that face.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 import torch.nn.functional as F
 
-from xecmae.geometry import FACE_NAMES, face_of_sensor
+from xecmae.geometry import FACE_NAMES
+from xecmae.neighbours import face_onehot
 from xecmae.normalize import Normalizer
 
 Stats = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -60,23 +60,9 @@ def point_loss(pred: torch.Tensor, target: torch.Tensor, name: str, beta: float 
     raise ValueError(f"unknown loss_fn {name!r}; choose mse, l1, smooth_l1 or huber")
 
 
-@cache
-def _face_onehot_cpu() -> torch.Tensor:
-    return F.one_hot(torch.as_tensor(face_of_sensor().copy()), len(FACE_NAMES)).float()  # (4760, 6)
-
-
-_ONEHOT: dict[torch.device, torch.Tensor] = {}
-
-
-def face_onehot(device: torch.device) -> torch.Tensor:
-    if device not in _ONEHOT:
-        _ONEHOT[device] = _face_onehot_cpu().to(device)
-    return _ONEHOT[device]
-
-
 def per_face_sum(values: torch.Tensor) -> torch.Tensor:
     """(B, 4760, C) -> (6, C) sums over events and the sensors of each face."""
-    return torch.einsum("bnc,nf->fc", values, face_onehot(values.device))
+    return torch.einsum("bnc,nf->fc", values, face_onehot(values.dtype, values.device))
 
 
 def intensity_weights(total_npho: torch.Tensor, nbins: int) -> torch.Tensor:
