@@ -140,9 +140,9 @@ def pipeline(path: str, args: argparse.Namespace, workers: int) -> tuple[float, 
     """Events/s, CPU us/event (workers included), peak tree RSS and PSS (MB), events, with ``workers`` workers."""
     stream = XECStream(path, Normalizer(), batch_size=args.batch, chunksize=args.chunksize,
                        shuffle_buffer=args.shuffle_buffer, num_threads=args.threads, num_workers=workers,
-                       drop_last=True, seed=1)
+                       drop_last=True, seed=1, loader_prefetch=2 if workers else None)
     loader = DataLoader(stream, batch_size=None, num_workers=workers,
-                        prefetch_factor=2 if workers else None, persistent_workers=False)
+                        prefetch_factor=2 if workers else None, persistent_workers=False)  # as make_loader
     with TreeMemory() as memory:
         start, cpu, events = time.perf_counter(), cpu_seconds(), 0
         for batch in loader:

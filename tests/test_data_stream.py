@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from xecmae.config import MAEConfig
 from xecmae.data.rootio import TRUTH_SHAPES, read_steps, write_tree
+from xecmae.data.shared import storage_inode
 from xecmae.data.stream import (
     EventPool,
     Piece,
@@ -324,3 +325,25 @@ def test_sim_source_streams_like_root_files():
     one = next(iter(XECStream(url, Normalizer(), batch_size=8, chunksize=16, epoch=0)))
     other = next(iter(XECStream(url, Normalizer(), batch_size=8, chunksize=16, epoch=1)))
     assert not torch.equal(one["x"], other["x"])
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_worker_memory_is_recycled_only_once_the_caller_lets_go(files, hold):
+    """Batches the caller keeps are never overwritten; the memory of dropped ones is used again."""
+    dataset = stream(files, shuffle_buffer=50, num_workers=1, loader_prefetch=2, drop_last=True)
+    inodes, kept, copies = [], [], []
+    for batch in DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=2):
+        inodes.append(storage_inode(batch["x"]))
+        copies.append((batch["x"].clone(), batch["event"].clone()))
+        if hold:
+            kept.append(batch)
+    assert len(copies) == len(dataset) > 8
+    raw = _raw(files, ["npho", "relative_time"])
+    for x, events in copies:  # what arrived is what the events' raw values normalise to
+        torch.testing.assert_close(x, Normalizer()(torch.from_numpy(raw["npho"][events.numpy()]),
+                                                   torch.from_numpy(raw["relative_time"][events.numpy()]))[0])
+    if hold:
+        assert len(set(inodes)) == len(inodes)
+        assert all(torch.equal(b["x"], x) for b, (x, _) in zip(kept, copies, strict=True))
+    else:
+        assert len(set(inodes)) < len(inodes) / 2

@@ -18,7 +18,9 @@ How events reach the model:
    lets random ones go as new ones arrive (seeded by seed, epoch, rank and worker). Off for
    validation, which keeps file order.
 5. **Normalize and batch**: whole batches are built in the worker, normalised by
-   ``num_threads`` threads straight into shared memory, and handed over as dicts of tensors.
+   ``num_threads`` threads straight into shared memory (:mod:`xecmae.data.fastnorm`), and
+   handed over as dicts of tensors. Under :func:`make_loader` a worker writes into the
+   shared memory of batches the main process has let go of (:mod:`xecmae.data.shared`).
 
 Memory per worker is about 38 kB x (its part of the shuffle buffer) plus a few reads of 32 MB.
 Every rank yields the same number of batches (``len(loader)``) in training, so DDP never waits
@@ -41,16 +43,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from xecmae.data.fastnorm import BLOCK_EVENTS, count_bad, normalize_into
 from xecmae.data.rootio import ID_BRANCHES, TRUTH_SHAPES, DataError, expected_shapes, read_range, scan
+from xecmae.data.shared import SharedBuffers, shared_empty
 from xecmae.data.sources import is_sim, resolve_inputs
 from xecmae.errors import UserError
 from xecmae.geometry import N_SENSORS
-from xecmae.normalize import INVALID_ABOVE, Normalizer
+from xecmae.normalize import Normalizer
 
 log = logging.getLogger(__name__)
 
-BLOCK_EVENTS = 64
-"""Events normalised per thread task: about 1.2 MB per array, small enough to stay in cache."""
 EVENT_BYTES = 2 * N_SENSORS * 4
 """Bytes of one event's two float32 sensor arrays (38 kB)."""
 READ_STEP_BYTES = 32 * 2**20
@@ -59,68 +61,6 @@ not show, small enough that each branch's buffers (16 MB) are recycled by the al
 of being mapped afresh for every read, which costs a page fault per 4 kB."""
 
 _warned_empty: set[str] = set()
-
-
-# --- normalization into a batch ------------------------------------------------------------------
-def normalize_into(normalizer: Normalizer, npho: np.ndarray, time: np.ndarray,
-                   x_out: np.ndarray, valid_out: np.ndarray) -> None:
-    """Write ``normalizer(npho, time)`` for raw (b, 4760) arrays into (b, 4760, 2) outputs.
-
-    Gives the values of ``normalizer(torch.from_numpy(npho), torch.from_numpy(time))``, built
-    from the same :class:`Normalizer` methods: validity in numpy, the npho and time maps in
-    torch (its vectorised log1p is several times faster than numpy's float32 one), sentinels
-    put in place and both channels written straight into the interleaved outputs.
-    """
-    valid_npho, valid_time = normalizer.validity(npho, time)
-    np.stack([valid_npho, valid_time], axis=-1, out=valid_out)
-    y_npho = _own(normalizer.npho_forward(torch.from_numpy(npho)).numpy(), npho)
-    _fill_invalid(y_npho, valid_npho, normalizer.sentinel_npho)
-    y_time = _own(normalizer.time_forward(torch.from_numpy(time)).numpy(), time)
-    _fill_invalid(y_time, valid_time, normalizer.sentinel_time)
-    np.stack([y_npho, y_time], axis=-1, out=x_out)
-
-
-def _own(values: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """``values`` as a float32 array that can be changed in place without touching ``source``."""
-    if values.dtype != np.float32 or np.may_share_memory(values, source) or not values.flags.c_contiguous:
-        return np.ascontiguousarray(values, dtype=np.float32).copy()
-    return values
-
-
-def _fill_invalid(values: np.ndarray, valid: np.ndarray, sentinel: float) -> None:
-    """``values[~valid] = sentinel`` in place, for contiguous float32 values and bool validity.
-
-    Selected bit by bit rather than with ``np.where``: whether a sensor's time is valid is close
-    to a coin flip, and a data-dependent branch per value then costs about 4 ns.
-    """
-    bits = values.view(np.int32)
-    keep = valid.view(np.int8).astype(np.int32)  # 1 where valid
-    np.negative(keep, out=keep)  # all bits set where valid, none elsewhere
-    np.bitwise_and(bits, keep, out=bits)
-    np.invert(keep, out=keep)
-    np.bitwise_and(keep, np.float32(sentinel).view(np.int32), out=keep)
-    np.bitwise_or(bits, keep, out=bits)
-
-
-def _count_bad(npho: np.ndarray, time: np.ndarray) -> np.ndarray:
-    """(dead, NaN or inf npho values; the same for time; NaN or inf values) of raw events.
-
-    Dead means beyond ``INVALID_ABOVE`` (the 1e10 marker), the rule of ``Normalizer.validity``;
-    a comparison with NaN is false, so NaN counts as bad too.
-    """
-    finite = np.count_nonzero(np.isfinite(npho)) + np.count_nonzero(np.isfinite(time))
-    return np.array([npho.size - np.count_nonzero(np.abs(npho) <= INVALID_ABOVE),
-                     time.size - np.count_nonzero(np.abs(time) <= INVALID_ABOVE),
-                     npho.size + time.size - finite], dtype=np.int64)
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """A new tensor, in shared memory when built in a worker so the hand-over needs no copy."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    numel = int(np.prod(shape))
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
-    return torch.empty(0, dtype=dtype).new(storage).view(shape)
 
 
 # --- planning: pieces, shares, steps ---------------------------------------------------------------
@@ -262,6 +202,7 @@ class EventPool:
         self.owned = False  # the store is our own allocation, not rows of a read
         self.slots = np.empty(0, dtype=np.int64)  # occupied store rows, in event order
         self.dropped = 0
+        self._gathered: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -300,6 +241,12 @@ class EventPool:
             segments.append((chunk, _rows(rows[~in_store] - held)))
         return segments
 
+    def _gather_buffer(self, name: str, like: np.ndarray, rows: int) -> np.ndarray:
+        buffer = self._gathered.get(name)
+        if buffer is None or len(buffer) < rows:
+            buffer = self._gathered[name] = np.empty((rows, *like.shape[1:]), like.dtype)
+        return buffer[:rows]
+
     def _retain(self, rows: np.ndarray, chunk: dict[str, np.ndarray], held: int) -> None:
         in_store = rows < held
         kept = self.slots[rows[in_store]]
@@ -320,11 +267,13 @@ class EventPool:
                     kept = np.arange(kept.size)
             free = np.setdiff1d(np.arange(capacity), kept, assume_unique=True)[:new.size]
             target = _rows(free)
-            for name, array in self.store.items():
+            for name, array in self.store.items():  # mode="clip": numpy copies through a buffer otherwise
                 if isinstance(target, slice):  # one copy, straight into the store
-                    np.take(chunk[name], new, axis=0, out=array[target])
-                else:
-                    array[target] = np.take(chunk[name], new, axis=0)
+                    np.take(chunk[name], new, axis=0, out=array[target], mode="clip")
+                else:  # gathered into a reused buffer (a fresh one costs a page fault per 4 kB), then placed
+                    gathered = self._gather_buffer(name, array, new.size)
+                    np.take(chunk[name], new, axis=0, out=gathered, mode="clip")
+                    array[target] = gathered
             kept = np.concatenate([kept, free])
         self.slots = kept
 
@@ -400,6 +349,10 @@ class XECStream(IterableDataset):
         num_workers: the DataLoader workers this stream will be iterated by (0 = in process).
         even_steps: cut every rank to the same number of batches (training under DDP).
         read_ahead: read on a thread of its own, one read ahead of the normalization.
+        loader_prefetch: the ``prefetch_factor`` of the DataLoader that iterates this stream
+            with workers, as :func:`make_loader` sets it: workers then recycle the shared
+            memory of batches the main process is done with (:mod:`xecmae.data.shared`).
+            None (the default, for a DataLoader built elsewhere): every batch is new memory.
     """
 
     def __init__(self, source: str | Sequence[str], normalizer: Normalizer, *, tree_name: str = "tree",
@@ -407,7 +360,7 @@ class XECStream(IterableDataset):
                  chunksize: int = 10000, shuffle_buffer: int = 0, seed: int = 0, drop_last: bool = True,
                  truth: bool = False, max_events: int | None = None, num_threads: int = 1, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, even_steps: bool = True, epoch: int = 0,
-                 read_ahead: bool = True, name: str = "data"):
+                 read_ahead: bool = True, loader_prefetch: int | None = None, name: str = "data"):
         super().__init__()
         if batch_size <= 0 or chunksize <= 0 or num_threads <= 0 or shuffle_buffer < 0:
             raise ValueError("batch_size, chunksize and num_threads must be positive, shuffle_buffer >= 0")
@@ -420,6 +373,8 @@ class XECStream(IterableDataset):
         self.num_threads, self.rank, self.world_size = num_threads, rank, world_size
         self.num_workers, self.even_steps, self.epoch, self.name = num_workers, even_steps, epoch, name
         self.read_ahead = read_ahead
+        self.loader_prefetch = loader_prefetch
+        self.consumer_pid = os.getpid()  # the process that builds the stream iterates the loader
         self.read_events = max(batch_size, min(chunksize, READ_STEP_BYTES // EVENT_BYTES))
         self.sim_spec: Any = None
         self.pieces: list[Piece] = []
@@ -495,6 +450,9 @@ class XECStream(IterableDataset):
         return self._batches(worker, workers, shared=info is not None)
 
     def _batches(self, worker: int, workers: int, shared: bool) -> Iterator[dict[str, torch.Tensor]]:
+        buffers = None
+        if shared and self.loader_prefetch is not None and os.getppid() == self.consumer_pid:
+            buffers = SharedBuffers(self.consumer_pid, received_after=self.loader_prefetch + 1)
         shard, shards = self.rank * workers + worker, self.world_size * workers
         limit = int(self.counts[self.rank, worker])
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker]) if self.shuffle else None
@@ -503,28 +461,31 @@ class XECStream(IterableDataset):
         events = 0
         if limit > 0:
             with ThreadPoolExecutor(self.num_threads, thread_name_prefix="xecmae-data") as executor:
-                for batch in self._pooled(pool, shard, shards, executor, shared):
+                for batch in self._pooled(pool, shard, shards, executor, shared, buffers):
                     yield batch
                     events += len(batch["event"])
                     limit -= 1
                     if limit == 0:
                         break
+        if buffers is not None:
+            log.debug("%s: rank %d worker %d recycled the shared memory of %d of its %d batches", self.name,
+                      self.rank, worker, buffers.recycled, buffers.serial)
         if events < share:
             log.info("%s: rank %d worker %d yielded %d of its %d events; the rest is dropped (%s)", self.name,
                      self.rank, worker, events, share,
                      "ragged tail" if share - events < self.batch_size else "ragged tail, even steps over ranks")
 
     def _pooled(self, pool: EventPool, shard: int, shards: int, executor: Executor,
-                shared: bool) -> Iterator[dict[str, torch.Tensor]]:
+                shared: bool, buffers: SharedBuffers | None) -> Iterator[dict[str, torch.Tensor]]:
         chunks = self._chunks(shard, shards, executor)
         if self.read_ahead:
             chunks = _read_ahead(chunks)
         for chunk in chunks:
             for segments in pool.push(chunk):
-                yield self._assemble(segments, executor, shared)
+                yield self._assemble(segments, executor, shared, buffers)
             segments = chunk = None  # hold one read at a time
         for segments in pool.flush(self.drop_last):
-            yield self._assemble(segments, executor, shared)
+            yield self._assemble(segments, executor, shared, buffers)
 
     def _chunks(self, shard: int, shards: int, executor: Executor) -> Iterator[dict[str, np.ndarray]]:
         """Standardised reads of this shard; invalid values counted in one line per ``chunksize`` events."""
@@ -610,7 +571,7 @@ class XECStream(IterableDataset):
     def _count_bad(self, chunk: dict[str, np.ndarray]) -> np.ndarray:
         """(bad npho values, bad time values, NaN/inf values) of a read, counted in blocks."""
         npho, time = chunk["npho"], chunk["time"]
-        return sum((_count_bad(npho[i:i + BLOCK_EVENTS], time[i:i + BLOCK_EVENTS])
+        return sum((count_bad(npho[i:i + BLOCK_EVENTS], time[i:i + BLOCK_EVENTS])
                     for i in range(0, len(npho), BLOCK_EVENTS)), np.zeros(3, dtype=np.int64))
 
     def _log_invalid(self, label: str, first: int, events: int, counts: np.ndarray) -> None:
@@ -625,15 +586,19 @@ class XECStream(IterableDataset):
                 "NaN/inf values %d", label, first, first + events, events, bad_npho, 100 * bad_npho / values,
                 bad_time, 100 * bad_time / values, nonfinite)
 
-    def _assemble(self, segments: list[Segment], executor: Executor, shared: bool) -> dict[str, torch.Tensor]:
+    def _assemble(self, segments: list[Segment], executor: Executor, shared: bool,
+                  buffers: SharedBuffers | None = None) -> dict[str, torch.Tensor]:
         """Normalise the segments' rows into one batch of tensors.
 
         The batch is cut into ``num_threads`` parts of whole blocks; the calling thread takes one
         itself, so a batch costs one hand-over per extra thread, not one per block.
         """
         size = sum(_length(rows) for _, rows in segments)
-        x = _empty((size, N_SENSORS, 2), torch.float32, shared)  # (B, 4760, 2)
-        valid = _empty((size, N_SENSORS, 2), torch.bool, shared)  # (B, 4760, 2)
+        specs = [((size, N_SENSORS, 2), torch.float32), ((size, N_SENSORS, 2), torch.bool)]  # x, valid
+        if buffers is not None:
+            x, valid = buffers.take(specs)
+        else:
+            x, valid = (shared_empty(*spec) if shared else torch.empty(spec[0], dtype=spec[1]) for spec in specs)
         x_np, valid_np = x.numpy(), valid.numpy()
         blocks, offset = [], 0  # (source, rows, output offset) of at most BLOCK_EVENTS events
         for source, rows in segments:
@@ -677,7 +642,8 @@ def make_stream(cfg: Any, split: str, rank: int = 0, world_size: int = 1, epoch:
         shuffle_buffer=data.shuffle_buffer if train else 0, seed=cfg.training.seed,
         drop_last=data.drop_last if train else False, truth=truth,
         max_events=data.max_events if train else data.val_max_events, num_threads=data.num_threads,
-        rank=rank, world_size=world_size, num_workers=data.num_workers, even_steps=train, epoch=epoch, name=split)
+        rank=rank, world_size=world_size, num_workers=data.num_workers, even_steps=train, epoch=epoch,
+        loader_prefetch=data.prefetch_factor if data.num_workers > 0 else None, name=split)
 
 
 def make_loader(cfg: Any, split: str, rank: int = 0, world_size: int = 1, epoch: int = 0,
