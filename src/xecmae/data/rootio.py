@@ -13,7 +13,6 @@ import functools
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,22 +200,19 @@ def read_steps(entry_start: int, entry_stop: int, step_size: int,
 
 
 def read_range(path: str, tree_name: str, branches: Sequence[str], entry_start: int, entry_stop: int,
-               step_size: int, executor: Executor | None = None,
-               boundaries: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+               step_size: int, boundaries: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Entries [entry_start, entry_stop) of ``branches`` in reads of about ``step_size`` events.
 
     Yields dicts of numpy arrays in native byte order, (n,) or (n, *shape). This is what
     ``uproot.iterate`` does, one ``TTree.arrays`` call per read (see :func:`read_steps`), but
     without the iterator's reference to the previous read while the next one runs: with the
-    caller dropping its reference too, one read is held at a time. ``executor`` threads
-    decompress and interpret baskets in parallel.
+    caller dropping its reference too, one read is held at a time.
     """
     with open_file(path) as file:
         tree = get_tree(file, path, tree_name)
         for start, stop in read_steps(entry_start, entry_stop, step_size, boundaries):
             try:
-                arrays = tree.arrays(list(branches), entry_start=start, entry_stop=stop, library="np",
-                                     decompression_executor=executor, interpretation_executor=executor)
+                arrays = tree.arrays(list(branches), entry_start=start, entry_stop=stop, library="np")
             except Exception as exc:
                 raise DataError(f"{path}: cannot read entries {start}-{stop} of tree {tree_name!r} "
                                 f"({_brief(exc)})") from None
