@@ -29,6 +29,7 @@ from xecmae.data.stream import (
 )
 from xecmae.geometry import N_SENSORS
 from xecmae.normalize import Normalizer
+from xecmae.runtime import map_large_blocks
 
 SIZES = (130, 70, 211)  # uneven files: 411 events
 
@@ -297,6 +298,8 @@ def test_make_loader_train_and_val(files):
                           "num_workers": 2, "num_threads": 1, "shuffle_buffer": 64, "drop_last": True})
     train = [make_loader(cfg, "train", rank=r, world_size=2, epoch=1) for r in range(2)]
     assert len(train[0]) == len(train[1]) > 0
+    assert train[0].worker_init_fn is map_large_blocks  # workers forked from a training process
+    assert train[0].dataset.loader_prefetch == train[0].prefetch_factor == cfg.data.prefetch_factor
     for loader in train:
         batches = list(loader)
         assert len(batches) == len(loader) and all(len(b["event"]) == 16 for b in batches)

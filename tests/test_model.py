@@ -7,7 +7,7 @@ import torch
 from xecmae import geometry as geo
 from xecmae.config import validate
 from xecmae.models import XEC_MAE, XECEncoder, build_mae
-from xecmae.models.blocks import GRN, HexGraphConv, _GRNFunction, grn_reference
+from xecmae.models.blocks import GRN, DepthwiseConv2d, HexGraphConv, _GRNFunction, grn_reference
 from xecmae.models.faces import FaceMapper
 from xecmae.models.masking import hide, random_masking
 from xecmae.normalize import Normalizer
@@ -198,6 +198,26 @@ def test_grn_fast_backward_matches_its_definition():
             grn.gamma.copy_(gamma)
             grn.beta.copy_(beta)
         torch.testing.assert_close(grn(x), grn_reference(x, gamma, beta, dims))
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_depthwise_convolution_backward_matches_pytorchs(layout):
+    torch.manual_seed(0)
+    fast = DepthwiseConv2d(8, kernel_size=7).to(memory_format=layout)
+    reference = torch.nn.Conv2d(8, 8, 7, padding=3, groups=8).to(memory_format=layout)
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 8, 13, 9).to(memory_format=layout).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    grad = torch.randn(3, 8, 13, 9)
+    fast(x).backward(grad)
+    reference(x_ref).backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(fast.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-4)
+    small = DepthwiseConv2d(3, kernel_size=5).double()
+    inputs = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(small, (inputs,))
 
 
 def test_hex_graph_convolution_uses_one_weight_per_direction():

@@ -52,6 +52,7 @@ from xecmae.data.sources import is_sim, resolve_inputs
 from xecmae.errors import UserError
 from xecmae.geometry import N_SENSORS
 from xecmae.normalize import Normalizer
+from xecmae.runtime import map_large_blocks
 
 log = logging.getLogger(__name__)
 
@@ -655,5 +656,7 @@ def make_loader(cfg: Any, split: str, rank: int = 0, world_size: int = 1, epoch:
     stream = make_stream(cfg, split, rank, world_size, epoch, truth)
     workers = cfg.data.num_workers
     extra: dict[str, Any] = {"prefetch_factor": cfg.data.prefetch_factor} if workers > 0 else {}
+    if workers > 0:
+        extra["worker_init_fn"] = map_large_blocks  # a worker forked from a training process
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=False, **extra)

@@ -25,7 +25,7 @@ class _GRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, dims: tuple[int, ...], eps: float):
-        energy = torch.linalg.vector_norm(x, dim=dims, keepdim=True)  # (B, 1.., C)
+        energy = x.square().sum(dim=dims, keepdim=True).sqrt()  # (B, 1.., C); twice as fast as vector_norm
         denom = energy.mean(dim=-1, keepdim=True) + eps
         scale = 1 + gamma * (energy / denom)
         ctx.save_for_backward(x, gamma, energy, denom, scale)
@@ -84,12 +84,50 @@ class ChannelsFirstLayerNorm(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class _DepthwiseConvFunction(torch.autograd.Function):
+    """Depthwise convolution whose input gradient is itself a (forward) depthwise convolution.
+
+    On the CPU, PyTorch's depthwise backward computes the input gradient about three times
+    slower than the forward pass; correlating the output gradient with the flipped kernel gives
+    the same values at forward speed. The weight and bias gradients stay PyTorch's.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding: int):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        channels, padding = weight.shape[0], ctx.padding
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(-2, -1), padding=padding, groups=channels)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                grad, x, weight, [channels] if ctx.has_bias else None, [1, 1], [padding, padding], [1, 1],
+                False, [0, 0], channels, [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+        return grad_x, grad_weight, grad_bias, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A stride-1, 'same'-padded depthwise ``nn.Conv2d`` (same parameters and state dict) with a faster backward."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _DepthwiseConvFunction.apply(x, self.weight, self.bias, self.padding[0])
+
+
 class ConvNeXtBlock(nn.Module):
     """ConvNeXt V2 block on (B, C, H, W): dwconv7 -> LN -> Linear 4C -> GELU -> GRN -> Linear C, + x."""
 
     def __init__(self, dim: int):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.dwconv = DepthwiseConv2d(dim, kernel_size=7)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.expand = nn.Linear(dim, 4 * dim)
         self.grn = GRN(4 * dim, spatial_dims=(1, 2))

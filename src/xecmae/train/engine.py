@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from xecmae.config import RunConfig
 from xecmae.errors import UserError
+from xecmae.runtime import large_blocks_from_heap
 from xecmae.train import distributed as dist
 from xecmae.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xecmae.train.ema import EMA
@@ -216,7 +217,8 @@ def fit(cfg: RunConfig, spec: RunSpec) -> Path:
     if t.device == "cuda" and ctx.device.type != "cuda":
         raise UserError("training.device is cuda but no GPU is visible")
     try:
-        return _fit(cfg, spec, ctx.device)
+        with large_blocks_from_heap(ctx.device.type == "cpu"):
+            return _fit(cfg, spec, ctx.device)
     finally:
         dist.cleanup()
 
