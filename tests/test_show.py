@@ -25,7 +25,7 @@ def test_show_writes_a_png(events_file, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--event", "8"], "out of range"),
     (["--event", "-1"], "out of range"),
-    (["--tree", "nope"], "no tree 'nope'"),
+    (["--tree", "nope"], "no tree named 'nope'"),
     (["--npho-branch", "nope"], "no branch 'nope'"),
 ])
 def test_show_errors_are_one_line(events_file, tmp_path, capsys, args, message):

@@ -64,6 +64,7 @@ def describe_file(path: str, tree_name: str, branches: tuple[str, str], chunksiz
                   threshold: float, cfg) -> str:
     """The report of one file: entries, branch types, invalid fractions per face."""
     from xecmae.config import make_normalizer
+    from xecmae.data.fastnorm import count_bad
     from xecmae.data.rootio import check_branches, get_tree, open_file, read_range
     from xecmae.data.stream import EVENT_BYTES, READ_STEP_BYTES
     from xecmae.geometry import FACE_NAMES, N_SENSORS, face_of_sensor
@@ -96,8 +97,7 @@ def describe_file(path: str, tree_name: str, branches: tuple[str, str], chunksiz
         for channel, valid in enumerate((valid_npho, valid_time)):
             per_sensor = len(valid) - np.count_nonzero(valid, axis=0)  # (4760,)
             bad[channel] += np.bincount(faces, weights=per_sensor, minlength=len(FACE_NAMES)).astype(np.int64)
-        nonfinite += int(npho.size - np.count_nonzero(np.isfinite(npho)))
-        nonfinite += int(time.size - np.count_nonzero(np.isfinite(time)))
+        nonfinite += int(count_bad(npho, time)[2])
         del arrays, npho, time
     sensors = np.bincount(faces, minlength=len(FACE_NAMES))
     lines.append(f"  invalid fractions over {stop} entries{' (of ' + str(entries) + ')' if stop < entries else ''}"

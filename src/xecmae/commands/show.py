@@ -24,28 +24,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_event(path: str, tree: str, entry: int, branches: tuple[str, ...]) -> dict[str, np.ndarray]:
     """One entry of ``branches`` (missing truth branches are skipped) as numpy values."""
-    from xecmae.data.rootio import open_file
+    from xecmae.data.rootio import check_branches, get_tree, open_file
     from xecmae.errors import UserError
+    from xecmae.geometry import N_SENSORS
 
     with open_file(str(path)) as handle:
-        if tree not in handle:
-            keys = ", ".join(sorted({k.split(";")[0] for k in handle})) or "none"
-            raise UserError(f"{path}: no tree {tree!r} (objects: {keys})")
-        ttree = handle[tree]
+        ttree = get_tree(handle, str(path), tree)
         entries = ttree.num_entries
         if not 0 <= entry < entries:
             raise UserError(f"{path}: event {entry} is out of range; the tree has {entries} entries (0-{entries - 1})")
         required, optional = branches[:2], branches[2:]
-        for name in required:
-            if name not in ttree:
-                raise UserError(f"{path}: tree {tree!r} has no branch {name!r}")
+        check_branches(ttree, str(path), {name: (N_SENSORS,) for name in required})
         names = [*required, *(b for b in optional if b in ttree)]
         arrays = ttree.arrays(names, entry_start=entry, entry_stop=entry + 1, library="np")
     return {name: np.asarray(values[0]) for name, values in arrays.items()}
 
 
 def run(args: argparse.Namespace) -> int:
-    from xecmae import geometry as geo
     from xecmae.analysis.display import event_figure, linear_norm, npho_norm
     from xecmae.errors import UserError
     from xecmae.normalize import Normalizer
@@ -53,8 +48,6 @@ def run(args: argparse.Namespace) -> int:
     event = read_event(args.file, args.tree, args.event, (args.npho_branch, args.time_branch, *TRUTH_BRANCHES))
     npho = event[args.npho_branch].astype(np.float64)
     time = event[args.time_branch].astype(np.float64)
-    if npho.shape != (geo.N_SENSORS,) or time.shape != (geo.N_SENSORS,):
-        raise UserError(f"{args.file}: expected {geo.N_SENSORS} values per event, got {npho.shape} and {time.shape}")
     valid_npho, valid_time = Normalizer(npho_threshold=args.npho_threshold).validity(npho, time)
     dead = ~valid_npho
     # dim sensors (npho <= 0) sit at the bottom of the log scale rather than looking dead
