@@ -19,6 +19,7 @@ iterates the loader) every batch gets fresh buffers, as without recycling.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -30,10 +31,7 @@ Spec = tuple[tuple[int, ...], torch.dtype]
 
 def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A new uninitialised tensor in shared memory (the DataLoader then sends it without a copy)."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
     return torch.empty(0, dtype=dtype).new(storage).view(shape)
 
 
