@@ -87,15 +87,19 @@ def inspect_file(path: str | Path) -> tuple[dict[str, Any], tuple[str, ...], int
     """
     from xecmae.data.rootio import open_file
 
-    path = Path(path)
     with open_file(str(path)) as handle:
-        names = {k.split(";")[0] for k in handle}
-        if TREE not in names or METADATA not in names:
-            raise UserError(f"{path}: not a prediction file (needs TTrees {TREE!r} and {METADATA!r}; "
-                            f"found {', '.join(sorted(names)) or 'nothing'})")
-        branches = set(handle[TREE].keys())
-        entries = handle[TREE].num_entries
-    meta = read_metadata(path)
+        return _inspect(handle, Path(path))
+
+
+def _inspect(handle, path: Path) -> tuple[dict[str, Any], tuple[str, ...], int]:
+    """:func:`inspect_file` on an open file."""
+    names = {k.split(";")[0] for k in handle}
+    if TREE not in names or METADATA not in names:
+        raise UserError(f"{path}: not a prediction file (needs TTrees {TREE!r} and {METADATA!r}; "
+                        f"found {', '.join(sorted(names)) or 'nothing'})")
+    branches = set(handle[TREE].keys())
+    entries = handle[TREE].num_entries
+    meta = read_metadata(handle)
     channels = []
     for name in meta["predict_channels"]:
         missing = [f"{k}_{name}" for k in ("truth", "masked", "pred") if f"{k}_{name}" not in branches]
@@ -125,19 +129,18 @@ def analyze(path: str | Path, mode: str = "masked", face: str | None = None, bas
         raise UserError(f"unknown face {face!r}: use one of {', '.join(geo.FACE_NAMES)}")
     if max_events is not None and max_events <= 0:
         raise UserError(f"max_events must be positive, got {max_events}")
-    meta, channels, entries = inspect_file(path)
-    norm = normalizer_from_metadata(meta)
-    stop = entries if max_events is None else min(entries, max_events)
-    branches = ["mask", "valid_npho", "valid_time"] + [f"{k}_{c}" for c in channels
-                                                       for k in ("truth", "masked", "pred")]
+    from xecmae.data.rootio import open_file
+
     face_index = geo.face_of_sensor().astype(np.int8)
     in_face = np.ones(geo.N_SENSORS, bool) if face is None else face_index == geo.FACE_NAMES.index(face)
-    parts: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in channels}
-    import uproot
-
-    with uproot.open(path) as handle:
-        tree = handle[TREE]
-        for chunk in tree.iterate(branches, step_size=chunk_events, entry_stop=stop, library="np"):
+    with open_file(str(path)) as handle:
+        meta, channels, entries = _inspect(handle, Path(path))
+        norm = normalizer_from_metadata(meta)
+        stop = entries if max_events is None else min(entries, max_events)
+        branches = ["mask", "valid_npho", "valid_time"] + [f"{k}_{c}" for c in channels
+                                                           for k in ("truth", "masked", "pred")]
+        parts: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in channels}
+        for chunk in handle[TREE].iterate(branches, step_size=chunk_events, entry_stop=stop, library="np"):
             _collect(chunk, channels, norm, mode, in_face, face_index, baselines, parts)
     data = {}
     for c in channels:

@@ -218,7 +218,7 @@ def prediction_event_figure(path, entry: int = 0, channel: str = "npho") -> plt.
     if channel not in meta["predict_channels"]:
         raise ValueError(f"{path} has no {channel} predictions (channels: {', '.join(meta['predict_channels'])})")
     norm = normalizer_from_metadata(meta)
-    names = [f"truth_{channel}", f"masked_{channel}", f"pred_{channel}", "mask", f"valid_{channel}", "event_id"]
+    names = [f"truth_{channel}", f"pred_{channel}", "mask", f"valid_{channel}", "event_id"]
     with uproot.open(path) as f:
         arrays = f["tree"].arrays(names, entry_start=entry, entry_stop=entry + 1, library="np")
     if len(arrays["event_id"]) == 0:
@@ -228,7 +228,7 @@ def prediction_event_figure(path, entry: int = 0, channel: str = "npho") -> plt.
     valid = row[f"valid_{channel}"] > 0.5
     to_physical = norm.npho_inverse if channel == "npho" else (lambda y: norm.time_inverse(y) * 1e9)
     truth = np.where(valid, to_physical(row[f"truth_{channel}"]), np.nan)
-    masked = np.where(valid & ~hidden, truth, np.nan)
+    masked = np.where(valid & ~hidden, truth, np.nan)  # what the model saw, in the truth's units
     pred = to_physical(row[f"pred_{channel}"])
     residual = np.where(valid, pred - truth, np.nan)
     unit = "photons" if channel == "npho" else "ns"

@@ -112,10 +112,12 @@ class PredictionWriter:
             self.abort()
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata entry of a prediction file, with ``predict_channels`` as a tuple."""
-    with uproot.open(path) as f:
-        raw = f[METADATA].arrays(library="np")
+def read_metadata(source: str | Path | uproot.ReadOnlyDirectory) -> dict[str, Any]:
+    """The metadata entry of a prediction file (a path or an open file), ``predict_channels`` as a tuple."""
+    if isinstance(source, (str, Path)):
+        with uproot.open(source) as f:
+            return read_metadata(f)
+    raw = source[METADATA].arrays(library="np")
     meta = {k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in raw.items()}
     meta["predict_channels"] = tuple(str(meta["predict_channels"]).split(","))
     return meta

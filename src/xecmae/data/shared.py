@@ -22,17 +22,29 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 Spec = tuple[tuple[int, ...], torch.dtype]
+Allocator = Callable[[Sequence[Spec]], list[torch.Tensor]]
+"""Tensors of the given (shape, dtype) for one batch: :func:`fresh`, :func:`fresh_shared` or ``SharedBuffers.take``."""
 
 
 def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A new uninitialised tensor in shared memory (the DataLoader then sends it without a copy)."""
     storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
     return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
+def fresh(specs: Sequence[Spec]) -> list[torch.Tensor]:
+    """New tensors in private memory (a batch that stays in this process)."""
+    return [torch.empty(shape, dtype=dtype) for shape, dtype in specs]
+
+
+def fresh_shared(specs: Sequence[Spec]) -> list[torch.Tensor]:
+    """New tensors in shared memory (a batch for another process, not recycled)."""
+    return [shared_empty(shape, dtype) for shape, dtype in specs]
 
 
 def storage_inode(tensor: torch.Tensor) -> int:
@@ -80,7 +92,7 @@ class SharedBuffers:
         self.serial += 1
         entry = self._released(specs)
         if entry is None:
-            tensors = [shared_empty(shape, dtype) for shape, dtype in specs]
+            tensors = fresh_shared(specs)
             entry = (tensors, {storage_inode(t) for t in tensors})
         else:
             self.recycled += 1

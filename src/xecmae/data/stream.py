@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xecmae.data.fastnorm import BLOCK_EVENTS, count_bad, normalize_into
 from xecmae.data.rootio import ID_BRANCHES, TRUTH_SHAPES, DataError, expected_shapes, read_range, scan
-from xecmae.data.shared import SharedBuffers, shared_empty
+from xecmae.data.shared import Allocator, SharedBuffers, fresh, fresh_shared
 from xecmae.data.sources import is_sim, resolve_inputs
 from xecmae.errors import UserError
 from xecmae.geometry import N_SENSORS
@@ -456,6 +456,7 @@ class XECStream(IterableDataset):
         buffers = None
         if shared and self.loader_prefetch is not None and os.getppid() == self.consumer_pid:
             buffers = SharedBuffers(self.consumer_pid, received_after=self.loader_prefetch + 1)
+        allocate = buffers.take if buffers is not None else fresh_shared if shared else fresh
         shard, shards = self.rank * workers + worker, self.world_size * workers
         limit = int(self.counts[self.rank, worker])
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker]) if self.shuffle else None
@@ -464,7 +465,7 @@ class XECStream(IterableDataset):
         events = 0
         if limit > 0:
             with ThreadPoolExecutor(self.num_threads, thread_name_prefix="xecmae-data") as executor:
-                for batch in self._pooled(pool, shard, shards, executor, shared, buffers):
+                for batch in self._pooled(pool, shard, shards, executor, allocate):
                     yield batch
                     events += len(batch["event"])
                     limit -= 1
@@ -479,16 +480,16 @@ class XECStream(IterableDataset):
                      "ragged tail" if share - events < self.batch_size else "ragged tail, even steps over ranks")
 
     def _pooled(self, pool: EventPool, shard: int, shards: int, executor: Executor,
-                shared: bool, buffers: SharedBuffers | None) -> Iterator[dict[str, torch.Tensor]]:
+                allocate: Allocator) -> Iterator[dict[str, torch.Tensor]]:
         chunks = self._chunks(shard, shards)
         if self.read_ahead:
             chunks = _read_ahead(chunks)
         for chunk in chunks:
             for segments in pool.push(chunk):
-                yield self._assemble(segments, executor, shared, buffers)
+                yield self._assemble(segments, executor, allocate)
             segments = chunk = None  # hold one read at a time
         for segments in pool.flush(self.drop_last):
-            yield self._assemble(segments, executor, shared, buffers)
+            yield self._assemble(segments, executor, allocate)
 
     def _chunks(self, shard: int, shards: int) -> Iterator[dict[str, np.ndarray]]:
         """Standardised reads of this shard; invalid values counted in one line per ``chunksize`` events."""
@@ -586,19 +587,16 @@ class XECStream(IterableDataset):
                 "NaN/inf values %d", label, first, first + events, events, bad_npho, 100 * bad_npho / values,
                 bad_time, 100 * bad_time / values, nonfinite)
 
-    def _assemble(self, segments: list[Segment], executor: Executor, shared: bool,
-                  buffers: SharedBuffers | None = None) -> dict[str, torch.Tensor]:
-        """Normalise the segments' rows into one batch of tensors.
+    def _assemble(self, segments: list[Segment], executor: Executor, allocate: Allocator
+                  ) -> dict[str, torch.Tensor]:
+        """Normalise the segments' rows into one batch of tensors from ``allocate``.
 
         The batch is cut into ``num_threads`` parts of whole blocks; the calling thread takes one
         itself, so a batch costs one hand-over per extra thread, not one per block.
         """
         size = sum(_length(rows) for _, rows in segments)
         specs = [((size, N_SENSORS, 2), torch.float32), ((size, N_SENSORS, 2), torch.bool)]  # x, valid
-        if buffers is not None:
-            x, valid = buffers.take(specs)
-        else:
-            x, valid = (shared_empty(*spec) if shared else torch.empty(spec[0], dtype=spec[1]) for spec in specs)
+        x, valid = allocate(specs)
         x_np, valid_np = x.numpy(), valid.numpy()
         blocks, offset = [], 0  # (source, rows, output offset) of at most BLOCK_EVENTS events
         for source, rows in segments:
