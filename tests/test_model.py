@@ -220,6 +220,24 @@ def test_depthwise_convolution_backward_matches_pytorchs(layout):
     assert torch.autograd.gradcheck(small, (inputs,))
 
 
+def test_flop_count_charges_a_depthwise_weight_gradient_like_its_forward():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from xecmae.models.flops import count_flops
+
+    x = torch.randn(2, 16, 12, 12, requires_grad=True)
+    depthwise = torch.randn(16, 1, 7, 7, requires_grad=True)
+    forward = 2 * 2 * 16 * 12 * 12 * 49  # a multiply and an add per tap, channel and output pixel
+    step = lambda: torch.nn.functional.conv2d(x, depthwise, padding=3, groups=16).sum().backward()  # noqa: E731
+    assert count_flops(step) == 3 * forward  # forward, input gradient, weight gradient
+    dense = torch.randn(8, 16, 3, 3, requires_grad=True)
+    step = lambda: torch.nn.functional.conv2d(x, dense, padding=1).sum().backward()  # noqa: E731
+    pytorch = FlopCounterMode(display=False)
+    with pytorch:
+        step()
+    assert count_flops(step) == pytorch.get_total_flops()  # where groups = 1 the two agree
+
+
 def test_hex_graph_convolution_uses_one_weight_per_direction():
     conv = HexGraphConv(3)
     x = torch.randn(2, 73, 3)
