@@ -41,9 +41,10 @@ def sim_data(tmp_path_factory) -> dict[str, str]:
     return {"train": str(root / "train_*.root"), "val": str(root / "val.root"), "dir": str(root)}
 
 
-def tiny_config(sim_data: dict[str, str], run_dir, **sections):
-    """A tiny, fast MAE configuration over ``sim_data``; keyword sections update the defaults."""
-    from xecmae.config import validate
+def tiny_config(sim_data: dict[str, str], run_dir, schema=None, **sections):
+    """A tiny, fast configuration over ``sim_data`` (an MAE one unless ``schema`` says otherwise);
+    keyword sections update the defaults."""
+    from xecmae.config import MAEConfig, validate
 
     raw = {
         "data": {"train_path": sim_data["train"], "val_path": sim_data["val"], "batch_size": 32,
@@ -56,4 +57,4 @@ def tiny_config(sim_data: dict[str, str], run_dir, **sections):
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
-    return validate(raw)
+    return validate(raw, schema or MAEConfig)

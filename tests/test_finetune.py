@@ -5,6 +5,7 @@ import pytest
 import torch
 import uproot
 
+from conftest import tiny_config
 from xecmae.config import ConfigError, InpainterConfig, RegressorConfig, validate
 from xecmae.errors import UserError
 from xecmae.geometry import uvw_to_xyz
@@ -18,15 +19,10 @@ from xecmae.train.initialize import checkpoint_kind
 
 
 def regressor_config(sim_data, run_dir, **sections) -> RegressorConfig:
-    raw = {"data": {"train_path": sim_data["train"], "val_path": sim_data["val"], "batch_size": 32,
-                    "chunksize": 64, "num_workers": 0, "shuffle_buffer": 64},
-           "model": {"size": "tiny", "tasks": ["position"]},
-           "training": {"epochs": 2, "lr": 2e-3, "warmup_epochs": 0, "log_interval": 2, "seed": 5},
-           "checkpoint": {"save_dir": str(run_dir), "run_name": "reg", "save_every_steps": 0},
-           "mlflow": {"enabled": False}}
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return validate(raw, RegressorConfig)
+    """:func:`conftest.tiny_config` for a position regressor; keyword sections update it."""
+    own = {"model": {"tasks": ["position"]}, "training": {"lr": 2e-3, "seed": 5}, "checkpoint": {"run_name": "reg"}}
+    merged = {name: own.get(name, {}) | sections.get(name, {}) for name in own.keys() | sections.keys()}
+    return tiny_config(sim_data, run_dir, schema=RegressorConfig, **merged)
 
 
 @pytest.fixture()

@@ -185,19 +185,20 @@ def neighbour_average(values, known, radius: float = NEIGHBOUR_RADIUS, power: fl
 
 
 def solid_angle_average(values, known, source, channel: str = "npho", radius: float = NEIGHBOUR_RADIUS,
-                        power: float = NEIGHBOUR_POWER) -> torch.Tensor:
+                        power: float = NEIGHBOUR_POWER, omega: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 4760) neighbour average corrected by the point-source model from ``source`` (B, 3) cm.
 
     ``channel`` "npho" (photons): scale by the ratio of solid angles; "time" (ns): remove the
     optical path before averaging and add the sensor's own back (see the module docstring).
     Where no known neighbour sees direct light, the same estimate over the face (then the
-    event) is used, which keeps it exact for the model.
+    event) is used, which keeps it exact for the model. ``omega``: the solid-angle fractions
+    of ``source``, when the caller has them already.
     """
     if channel not in ("npho", "time"):
         raise ValueError(f"channel must be 'npho' or 'time', got {channel!r}")
     known = _mask(known)
     weights = neighbour_weights(float(radius), float(power))
-    omega = solid_angle_fraction(source)  # (B, S)
+    omega = solid_angle_fraction(source) if omega is None else omega  # (B, S)
     v = _tensor(values)
     den = torch.where(known, omega, 0.0)
     if channel == "npho":
@@ -293,13 +294,15 @@ def predict(npho, known_npho, time=None, known_time=None, radius: float = NEIGHB
     """
     with single_thread():
         fit = fit_point_source(npho, known_npho)
+        omega = solid_angle_fraction(fit.position)
         out = {
             "neighbour_avg": {"npho": neighbour_average(npho, known_npho, radius, power)},
-            "solid_angle_avg": {"npho": solid_angle_average(npho, known_npho, fit.position, "npho", radius, power)},
-            "point_source_fit": {"npho": fit.npho()},
+            "solid_angle_avg": {"npho": solid_angle_average(npho, known_npho, fit.position, "npho", radius, power,
+                                                            omega)},
+            "point_source_fit": {"npho": fit.intensity[:, None] * omega},
         }
         if time is not None:
             out["neighbour_avg"]["time"] = neighbour_average(time, known_time, radius, power)
             out["solid_angle_avg"]["time"] = solid_angle_average(time, known_time, fit.position, "time", radius,
-                                                                 power)
+                                                                 power, omega)
     return out
