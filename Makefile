@@ -14,11 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
 	touch $(STAMP)
 
+# Bytecode is cached in .venv/pycache, even where PYTHONDONTWRITEBYTECODE is set: the install
+# compiles nothing, and without a cache every process would compile PyTorch and MLflow anew.
+RUN := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache
+
 demo: $(STAMP)
-	$(BIN)/xecmae demo
+	$(RUN) $(BIN)/xecmae demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(RUN) $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench lib
