@@ -18,18 +18,16 @@ import time
 import numpy as np
 import torch
 
+from dataloader import fake_chunks  # bench/, beside this script
 from xecmae.data.fastnorm import BLOCK_EVENTS, Scratch, normalize_into
 from xecmae.geometry import N_SENSORS
 from xecmae.normalize import Normalizer
 
 
-def raw_events(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    npho = (rng.exponential(1.0, (n, N_SENSORS)) ** 2 * 200 + rng.normal(0, 6, (n, N_SENSORS))).astype(np.float32)
-    times = rng.normal(30e-9, 8e-9, (n, N_SENSORS)).astype(np.float32)
-    dead = rng.random((n, N_SENSORS)) < 0.01
-    npho[dead], times[dead] = 1e10, 1e10
-    return npho, times
+def raw_events(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The plausible raw events of ``bench/dataloader.py`` (1% dead channels), npho and time."""
+    chunks = list(fake_chunks(n))
+    return tuple(np.concatenate([c[key] for c in chunks]) for key in ("npho", "relative_time"))
 
 
 def best_us_per_event(step, events: int, repeat: int) -> float:

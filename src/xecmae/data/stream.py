@@ -653,8 +653,8 @@ def make_loader(cfg: Any, split: str, rank: int = 0, world_size: int = 1, epoch:
     """
     stream = make_stream(cfg, split, rank, world_size, epoch, truth)
     workers = cfg.data.num_workers
-    extra: dict[str, Any] = {"prefetch_factor": cfg.data.prefetch_factor} if workers > 0 else {}
-    if workers > 0:
-        extra["worker_init_fn"] = map_large_blocks  # a worker forked from a training process
+    extra: dict[str, Any] = {}
+    if workers > 0:  # map_large_blocks: a worker forked from a training process gets glibc's thresholds back
+        extra = {"prefetch_factor": cfg.data.prefetch_factor, "worker_init_fn": map_large_blocks}
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=False, **extra)
