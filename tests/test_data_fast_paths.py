@@ -1,4 +1,5 @@
-"""The data pipeline's fast paths: normalization into batch buffers, bad-value counts, recycled shared memory."""
+"""The data pipeline's fast paths: normalization into batch buffers, bad-value counts, reused read buffers,
+recycled shared memory."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import os
 import numpy as np
 import pytest
 import torch
+import uproot
 
 from xecmae.data.fastnorm import BLOCK_EVENTS, Scratch, count_bad, normalize_into
+from xecmae.data.rootio import ReadBuffers, read_range, write_tree
 from xecmae.data.shared import SharedBuffers, mapped_inodes, shared_empty, storage_inode
 from xecmae.geometry import N_SENSORS
 from xecmae.normalize import NPHO_SCHEMES, Normalizer
@@ -56,6 +59,45 @@ def test_count_bad_counts_dead_and_broken_values():
 
 # --- recycled shared memory ---------------------------------------------------------------------------
 SPECS = [((4, 3), torch.float32), ((4, 3), torch.bool)]
+
+
+def test_read_buffers_are_reused_only_when_nothing_refers_to_them():
+    buffers = ReadBuffers()
+    first = buffers.take("npho", 10, (N_SENSORS,), np.float32)
+    rows = first[3:5]  # a view of a view still holds the buffer
+    del first
+    second = buffers.take("npho", 10, (N_SENSORS,), np.float32)
+    assert not np.shares_memory(rows, second) and len(buffers) == 2
+    del rows
+    third = buffers.take("npho", 8, (N_SENSORS,), np.float32)  # the first buffer is free again
+    assert third.shape == (8, N_SENSORS) and not np.shares_memory(third, second) and len(buffers) == 2
+    del third
+    fourth = buffers.take("npho", 11, (N_SENSORS,), np.float32)  # none is big enough: a free one is replaced
+    assert fourth.shape == (11, N_SENSORS) and len(buffers) == 2
+    assert buffers.take("time", 4, (N_SENSORS,), np.float32).shape == (4, N_SENSORS) and len(buffers) == 3
+
+
+def test_read_range_into_reused_buffers_equals_uproot(tmp_path):
+    npho, time = raw_events(60, seed=3)
+    path = str(tmp_path / "events.root")
+    chunks = [{"npho": npho[i:i + 20], "relative_time": time[i:i + 20].astype(np.float64),  # a double branch
+               "event": np.arange(i, i + 20, dtype=np.int64)} for i in range(0, 60, 20)]
+    write_tree(path, chunks)
+    expected = uproot.open(path)["tree"].arrays(["npho", "relative_time", "event"], library="np")
+    buffers, held, start = ReadBuffers(), [], 0
+    for arrays in read_range(path, "tree", ["npho", "relative_time", "event"], 0, 60, 20, buffers=buffers,
+                             into=["npho", "relative_time"]):
+        stop = start + len(arrays["event"])
+        assert arrays["npho"].dtype == arrays["relative_time"].dtype == np.float32
+        np.testing.assert_array_equal(arrays["npho"], expected["npho"][start:stop])
+        np.testing.assert_array_equal(arrays["relative_time"], expected["relative_time"][start:stop].astype(np.float32))
+        np.testing.assert_array_equal(arrays["event"], expected["event"][start:stop])
+        if start == 0:
+            held = arrays["npho"]  # kept by the caller: never overwritten
+        start = stop
+        del arrays
+    assert start == 60 and len(buffers) == 3  # npho: the held buffer and one reused twice; time: one
+    np.testing.assert_array_equal(held, expected["npho"][:20])
 
 
 def test_shared_buffers_wait_for_the_lag_and_for_the_consumer_to_let_go(monkeypatch):

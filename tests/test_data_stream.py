@@ -269,6 +269,17 @@ def test_drop_last_gives_equal_batch_shapes_and_logs_the_drop(files, caplog):
     assert any("dropped" in r.getMessage() and "ragged tail" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("shuffle_buffer", [0, 50])
+def test_reads_reuse_a_few_buffers(files, caplog, shuffle_buffer):
+    """Every read lands in one of a few reused arrays per branch, whatever holds on to earlier reads."""
+    caplog.set_level(logging.DEBUG, logger="xecmae.data.stream")
+    dataset = stream(files, shuffle_buffer=shuffle_buffer, chunksize=20)
+    assert sorted(events_of(collect(dataset))) == list(range(sum(SIZES)))
+    lines = [r.getMessage() for r in caplog.records if "reused buffer" in r.getMessage()]
+    counts = [int(line.split(" into ")[1].split()[0]) for line in lines]
+    assert counts and max(counts) <= 2 * 3  # npho and time: one read held, one being read, one carried over
+
+
 def test_without_drop_last_the_tail_is_a_smaller_final_batch(files):
     sizes = [len(b["event"]) for b in collect(stream(files, batch_size=32))]
     assert sizes[:-1] == [32] * (len(sizes) - 1) and sizes[-1] == sum(SIZES) % 32

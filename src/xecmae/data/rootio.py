@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -199,25 +200,84 @@ def read_steps(entry_start: int, entry_stop: int, step_size: int,
     return steps
 
 
+def _references(pool: list[np.ndarray]) -> list[int]:
+    return [sys.getrefcount(buffer) for buffer in pool]
+
+
+_IDLE_REFS = _references([np.empty(0)])[0]
+"""References a buffer that only its pool holds has, counted by :func:`_references` itself."""
+
+
+def _free_buffers(pool: list[np.ndarray]) -> list[np.ndarray]:
+    """The buffers of ``pool`` that nothing outside the pool refers to."""
+    return [buffer for buffer, count in zip(pool, _references(pool), strict=True) if count <= _IDLE_REFS]
+
+
+class ReadBuffers:
+    """Output arrays for reads, reused once nothing refers to them any more.
+
+    A fresh array for every read costs the kernel a page fault and a zeroed page per 4 kB (or
+    2 MB) of it, and uproot, left to itself, fills one array in file byte order and then makes
+    a second, byte-swapped one. Reading into a buffer of this pool does one byte-swapping copy
+    into memory that is already mapped. A buffer counts as in use while any array refers to it:
+    every numpy view of it holds a reference, so rows still queued, shuffled or being normalised
+    are never overwritten, whoever holds them.
+    """
+
+    def __init__(self):
+        self._pools: dict[tuple[str, np.dtype, tuple[int, ...]], list[np.ndarray]] = {}
+
+    def take(self, name: str, rows: int, inner: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A (rows, *inner) array of ``dtype`` for branch ``name``, reused or new."""
+        pool = self._pools.setdefault((name, np.dtype(dtype), tuple(inner)), [])
+        free = _free_buffers(pool)
+        buffer = next((b for b in free if len(b) >= rows), None)
+        if buffer is None:
+            if free:  # too small: replaced, so the pool holds no more buffers than are in use at once
+                pool.pop(next(i for i, b in enumerate(pool) if b is free[0]))
+            buffer = np.empty((rows, *inner), dtype)
+            pool.append(buffer)
+        return buffer[:rows]
+
+    def __len__(self) -> int:
+        return sum(len(pool) for pool in self._pools.values())
+
+
 def read_range(path: str, tree_name: str, branches: Sequence[str], entry_start: int, entry_stop: int,
-               step_size: int, boundaries: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+               step_size: int, boundaries: np.ndarray | None = None, buffers: ReadBuffers | None = None,
+               into: Sequence[str] = ()) -> Iterator[dict[str, np.ndarray]]:
     """Entries [entry_start, entry_stop) of ``branches`` in reads of about ``step_size`` events.
 
     Yields dicts of numpy arrays in native byte order, (n,) or (n, *shape). This is what
     ``uproot.iterate`` does, one ``TTree.arrays`` call per read (see :func:`read_steps`), but
     without the iterator's reference to the previous read while the next one runs: with the
-    caller dropping its reference too, one read is held at a time.
+    caller dropping its reference too, one read is held at a time. The branches named in
+    ``into`` (fixed-size arrays of numbers) are read into arrays from ``buffers``.
     """
+    into = [name for name in into if name in branches] if buffers is not None else []
+    rest = [name for name in branches if name not in into]
     with open_file(path) as file:
         tree = get_tree(file, path, tree_name)
         for start, stop in read_steps(entry_start, entry_stop, step_size, boundaries):
             try:
-                arrays = tree.arrays(list(branches), entry_start=start, entry_stop=stop, library="np")
+                arrays = tree.arrays(rest, entry_start=start, entry_stop=stop, library="np") if rest else {}
+                for name in into:
+                    arrays[name] = _read_into(tree[name], buffers.take(
+                        name, stop - start, tree[name].interpretation.inner_shape, np.float32), start, stop)
             except Exception as exc:
                 raise DataError(f"{path}: cannot read entries {start}-{stop} of tree {tree_name!r} "
                                 f"({_brief(exc)})") from None
             yield arrays
             del arrays
+
+
+def _read_into(branch, out: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Entries [start, stop) of a fixed-size numeric branch, converted into ``out``."""
+    array = branch.array(interpretation=branch.interpretation.inplace(out), entry_start=start, entry_stop=stop,
+                         library="np")
+    if array.shape != out.shape or not np.shares_memory(array, out):
+        raise ValueError(f"uproot returned {array.shape} instead of filling {out.shape} in place")
+    return out
 
 
 # --- writing -------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ How events reach the model:
    also fewer files than shards.
 3. **Read**: each DataLoader worker reads its pieces with uproot in basket-aligned reads of
    ``READ_STEP_BYTES`` (32 MB, about 880 events; at least one batch), on a thread that reads
-   the next one while the worker normalises. Baskets are decompressed on that one thread:
-   decompression threads of their own each allocate from a heap of their own, whose fresh
-   pages made reading half again as expensive. Dead, NaN and inf values are counted in one log
-   line per ``chunksize`` events.
+   the next one while the worker normalises. The sensor arrays are byte-swapped straight into
+   a few reused buffers (:class:`xecmae.data.rootio.ReadBuffers`): fresh arrays for every read
+   made the kernel zero more memory than the reads carried. Baskets are decompressed on the
+   reading thread: decompression threads of their own each allocate from a heap of their own,
+   whose fresh pages made reading half again as expensive. Dead, NaN and inf values are
+   counted in one log line per ``chunksize`` events.
 4. **Shuffle** (training): each worker holds back its part of ``shuffle_buffer`` events and
    lets random ones go as new ones arrive (seeded by seed, epoch, rank and worker). Off for
    validation, which keeps file order.
@@ -46,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xecmae.data.fastnorm import BLOCK_EVENTS, count_bad, normalize_into
-from xecmae.data.rootio import ID_BRANCHES, TRUTH_SHAPES, DataError, expected_shapes, read_range, scan
+from xecmae.data.rootio import ID_BRANCHES, TRUTH_SHAPES, DataError, ReadBuffers, expected_shapes, read_range, scan
 from xecmae.data.shared import Allocator, SharedBuffers, fresh, fresh_shared
 from xecmae.data.sources import is_sim, resolve_inputs
 from xecmae.errors import UserError
@@ -60,8 +62,8 @@ EVENT_BYTES = 2 * N_SENSORS * 4
 """Bytes of one event's two float32 sensor arrays (38 kB)."""
 READ_STEP_BYTES = 32 * 2**20
 """Sensor data per uproot read (about 880 events): large enough that the per-read overhead does
-not show, small enough that each branch's buffers (16 MB) are recycled by the allocator instead
-of being mapped afresh for every read, which costs a page fault per 4 kB."""
+not show, small enough that uproot's own per-basket buffers (16 MB per branch) come from the
+heap, which reuses them, instead of being mapped afresh for every read."""
 
 _warned_empty: set[str] = set()
 
@@ -514,6 +516,7 @@ class XECStream(IterableDataset):
         order_seed = [self.seed, self.epoch] if self.shuffle else None
         mine = deal(self.pieces, shards, order_seed, self.max_events)[shard]
         branches = [self.npho_branch, self.time_branch]
+        buffers = ReadBuffers()  # the sensor arrays of every read land in reused memory
         if self.truth:
             branches += list(TRUTH_SHAPES)
         for piece in mine:
@@ -521,7 +524,7 @@ class XECStream(IterableDataset):
             names = branches + list(ID_BRANCHES) if has_ids else branches
             name, start = os.path.basename(piece.path), piece.start
             for arrays in read_range(piece.path, self.tree_name, names, piece.start, piece.stop, self.read_events,
-                                     self._boundaries[piece.path]):
+                                     self._boundaries[piece.path], buffers, into=branches[:2]):
                 n = len(arrays[self.npho_branch])
                 if not has_ids:
                     arrays["run"] = np.full(n, -1, dtype=np.int64)
@@ -531,6 +534,8 @@ class XECStream(IterableDataset):
                 yield name, start, chunk, start + n == piece.stop
                 start += n
                 del chunk
+        log.debug("%s: shard %d read its %d piece(s) into %d reused buffer(s)", self.name, shard, len(mine),
+                  len(buffers))
 
     def _sim_reads(self, shard: int, shards: int) -> Iterator[tuple[str, int, dict, bool]]:
         """(source, first event, events, False) of this shard of the simulated epoch."""
