@@ -252,7 +252,8 @@ def read_range(path: str, tree_name: str, branches: Sequence[str], entry_start: 
     ``uproot.iterate`` does, one ``TTree.arrays`` call per read (see :func:`read_steps`), but
     without the iterator's reference to the previous read while the next one runs: with the
     caller dropping its reference too, one read is held at a time. The branches named in
-    ``into`` (fixed-size arrays of numbers) are read into arrays from ``buffers``.
+    ``into`` (fixed-size arrays of numbers) are converted to float32 straight into arrays from
+    ``buffers``.
     """
     into = [name for name in into if name in branches] if buffers is not None else []
     rest = [name for name in branches if name not in into]
