@@ -18,6 +18,7 @@ upper bound), ``peak_pss_mb`` sums PSS (shared pages split between the processes
 
     python bench/dataloader.py --quick
     python bench/dataloader.py --events 100000 --chunksize 20000 --workers 1 2
+    python bench/dataloader.py --compression zlib
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from xecmae.normalize import Normalizer
 from xecmae.runtime import map_large_blocks
 
 WRITE_CHUNK = 1000  # events per basket when writing: ~19 MB per branch
+COMPRESSION = {"lz4": uproot.LZ4(1), "zlib": uproot.ZLIB(1), "zstd": uproot.ZSTD(5), "lzma": uproot.LZMA(1)}
 
 
 def fake_chunks(events: int, seed: int = 0):
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shuffle-buffer", type=int, default=20000, help="0 = in file order")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved repeats; the best of each is kept")
     parser.add_argument("--file", default=None, help="reuse (or create) this ROOT file instead of a temporary one")
+    parser.add_argument("--compression", choices=sorted(COMPRESSION), default="lz4",
+                        help="of the file written; lz4 stores these noisy floats almost as they are")
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.chunksize, args.batch, args.shuffle_buffer = 4000, 1000, 256, 2000
@@ -178,13 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         path = args.file or os.path.join(folder, "events.root")
         if not os.path.exists(path):
             start = time.perf_counter()
-            write_tree(path, fake_chunks(args.events))
+            write_tree(path, fake_chunks(args.events), compression=COMPRESSION[args.compression])
             print(f"wrote {args.events} events, {os.path.getsize(path) / 2**20:.0f} MB, "
                   f"in {time.perf_counter() - start:.1f} s: {path}", file=sys.stderr)
         events = int(uproot.open(path)["tree"].num_entries)
         result: dict[str, float | int | str | list] = {
             "events": events, "chunksize": args.chunksize, "batch_size": args.batch, "num_threads": args.threads,
             "shuffle_buffer": args.shuffle_buffer, "file_mb": round(os.path.getsize(path) / 2**20),
+            "compression": args.compression if not args.file else "as written",
             "cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0], "repeats": args.repeat}
         bare, threaded, runs = [], [], {w: [] for w in args.workers}  # per repeat
         for repeat in range(args.repeat):
