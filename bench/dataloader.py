@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = tempfile.mkdtemp(prefix="xecmae-bench-")
     try:
         path = args.file or os.path.join(folder, "events.root")
-        if not os.path.exists(path):
+        written = not os.path.exists(path)
+        if written:
             start = time.perf_counter()
             write_tree(path, fake_chunks(args.events), compression=COMPRESSION[args.compression])
             print(f"wrote {args.events} events, {os.path.getsize(path) / 2**20:.0f} MB, "
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         result: dict[str, float | int | str | list] = {
             "events": events, "chunksize": args.chunksize, "batch_size": args.batch, "num_threads": args.threads,
             "shuffle_buffer": args.shuffle_buffer, "file_mb": round(os.path.getsize(path) / 2**20),
-            "compression": args.compression if not args.file else "as written",
+            "compression": args.compression if written else "as the existing file was written",
             "cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0], "repeats": args.repeat}
         bare, threaded, runs = [], [], {w: [] for w in args.workers}  # per repeat
         for repeat in range(args.repeat):

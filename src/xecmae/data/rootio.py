@@ -208,9 +208,9 @@ _IDLE_REFS = _references([np.empty(0)])[0]
 """References a buffer that only its pool holds has, counted by :func:`_references` itself."""
 
 
-def _free_buffers(pool: list[np.ndarray]) -> list[np.ndarray]:
-    """The buffers of ``pool`` that nothing outside the pool refers to."""
-    return [buffer for buffer, count in zip(pool, _references(pool), strict=True) if count <= _IDLE_REFS]
+def _free_indices(pool: list[np.ndarray]) -> list[int]:
+    """Where ``pool`` holds buffers that nothing outside the pool refers to."""
+    return [i for i, count in enumerate(_references(pool)) if count <= _IDLE_REFS]
 
 
 class ReadBuffers:
@@ -230,12 +230,14 @@ class ReadBuffers:
     def take(self, name: str, rows: int, inner: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A (rows, *inner) array of ``dtype`` for branch ``name``, reused or new."""
         pool = self._pools.setdefault((name, np.dtype(dtype), tuple(inner)), [])
-        free = _free_buffers(pool)
-        buffer = next((b for b in free if len(b) >= rows), None)
-        if buffer is None:
-            if free:  # too small: replaced, so the pool holds no more buffers than are in use at once
-                pool.pop(next(i for i, b in enumerate(pool) if b is free[0]))
-            buffer = np.empty((rows, *inner), dtype)
+        free = _free_indices(pool)
+        fitting = [i for i in free if len(pool[i]) >= rows]
+        if fitting:
+            return pool[fitting[0]][:rows]
+        buffer = np.empty((rows, *inner), dtype)
+        if free:  # a free one too small is replaced: the pool holds no more buffers than are in use at once
+            pool[free[0]] = buffer
+        else:
             pool.append(buffer)
         return buffer[:rows]
 
@@ -259,12 +261,13 @@ def read_range(path: str, tree_name: str, branches: Sequence[str], entry_start: 
     rest = [name for name in branches if name not in into]
     with open_file(path) as file:
         tree = get_tree(file, path, tree_name)
+        buffered = {name: tree[name] for name in into}
         for start, stop in read_steps(entry_start, entry_stop, step_size, boundaries):
             try:
                 arrays = tree.arrays(rest, entry_start=start, entry_stop=stop, library="np") if rest else {}
-                for name in into:
-                    arrays[name] = _read_into(tree[name], buffers.take(
-                        name, stop - start, tree[name].interpretation.inner_shape, np.float32), start, stop)
+                for name, branch in buffered.items():
+                    out = buffers.take(name, stop - start, branch.interpretation.inner_shape, np.float32)
+                    arrays[name] = _read_into(branch, out, start, stop)
             except Exception as exc:
                 raise DataError(f"{path}: cannot read entries {start}-{stop} of tree {tree_name!r} "
                                 f"({_brief(exc)})") from None
