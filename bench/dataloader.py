@@ -8,6 +8,10 @@ channels at 1e10, run, event) into a temporary folder, then, interleaved ``--rep
 - pipeline: :class:`XECStream` + DataLoader (shuffle, normalization, whole batches in shared
   memory) with 1 and 2 workers (``--workers``).
 
+Then, once, the worker's stages one after another on one thread of this process (reading,
+counting invalid values, shuffling, normalizing), each timed by the thread's CPU clock, set
+against the CPU time per event that all cores together have at 0.8x the best bare rate.
+
 The last line printed is one JSON object: events/s of each (best of the repeats), the ratio of
 the best pipeline rate to the best bare rate, the median ratio to the bare read of the same
 repeat, CPU time per event (workers included: a
@@ -40,8 +44,9 @@ import torch
 import uproot
 from torch.utils.data import DataLoader
 
-from xecmae.data.rootio import write_tree
-from xecmae.data.stream import XECStream
+from xecmae.data.fastnorm import count_bad
+from xecmae.data.rootio import ReadBuffers, expected_shapes, read_range, scan, write_tree
+from xecmae.data.stream import EventPool, XECStream, normalize_blocks, segment_blocks
 from xecmae.geometry import N_SENSORS
 from xecmae.normalize import Normalizer
 from xecmae.runtime import map_large_blocks
@@ -158,6 +163,52 @@ def pipeline(path: str, args: argparse.Namespace, workers: int) -> tuple[float, 
     return rate, cpu_us, memory.peak_rss, memory.peak_pss, events
 
 
+def stage_costs(path: str, args: argparse.Namespace) -> dict[str, float]:
+    """CPU us per event of each stage of a worker, run one after the other on one thread of this process.
+
+    The stream's own parts (reads into reused buffers, the invalid-value count, the shuffle
+    buffer, normalization into a batch), each timed with this thread's CPU clock: what the
+    pipeline must spend per event in sum, however it spreads the stages over threads.
+    """
+    stream = XECStream(path, Normalizer(), batch_size=args.batch, chunksize=args.chunksize)
+    info = scan(path, "tree", expected_shapes("npho", "relative_time", truth=False))
+    branches = ["npho", "relative_time"]
+    reads = read_range(path, "tree", branches, 0, info.entries, stream.read_events, info.boundaries, ReadBuffers(),
+                       into=branches)
+    rng = np.random.default_rng(1) if args.shuffle_buffer else None
+    pool = EventPool(args.batch, args.shuffle_buffer, rng)
+    x = np.empty((args.batch, N_SENSORS, 2), np.float32)
+    valid = np.empty((args.batch, N_SENSORS, 2), np.bool_)
+    spent = dict.fromkeys(("read", "count", "shuffle", "normalize"), 0.0)
+    events = 0
+
+    def timed(stage: str, work, *args):
+        start = time.thread_time()
+        result = work(*args)
+        spent[stage] += time.thread_time() - start
+        return result
+
+    def normalize_all(batches) -> int:
+        done = 0
+        while (segments := timed("shuffle", next, batches, None)) is not None:
+            timed("normalize", normalize_blocks, stream.normalizer, segment_blocks(segments), x, valid)
+            done += args.batch  # with drop_last, every batch is full
+        return done
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker, and all of the work on this thread's clock
+    try:
+        while (arrays := timed("read", next, reads, None)) is not None:
+            chunk = {"npho": arrays["npho"], "time": arrays["relative_time"]}
+            timed("count", count_bad, chunk["npho"], chunk["time"])
+            events += normalize_all(pool.push(chunk))
+            del arrays, chunk
+        events += normalize_all(pool.flush(drop_last=True))
+    finally:
+        torch.set_num_threads(threads)
+    return {stage: 1e6 * seconds / max(events, 1) for stage, seconds in spent.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -217,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
             result[f"peak_pss_{key}_mb"] = round(max(v[4] for v in values))
         result["peak_rss_mb"] = max(result[k] for k in result if k.startswith("peak_rss_") and k != "peak_rss_mb")
         result["peak_pss_mb"] = max(result[k] for k in result if k.startswith("peak_pss_") and k != "peak_pss_mb")
+        stages = stage_costs(path, args)
+        print("stages on one thread, CPU us per event: "
+              + ", ".join(f"{stage} {us:.1f}" for stage, us in stages.items()), file=sys.stderr)
+        result["stage_cpu_us_per_event"] = {stage: round(us, 1) for stage, us in stages.items()}
+        result["stages_cpu_us_per_event_sum"] = round(sum(stages.values()), 1)
+        # all cores busy with nothing but the pipeline, at 0.8x the best bare rate
+        budget = 1e6 * os.cpu_count() / (0.8 * result["bare_uproot_events_per_s"])
+        result["cpu_us_per_event_budget_at_0_8x"] = round(budget, 1)
         result["self_maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         result["load_avg_at_end"] = os.getloadavg()[0]
         result["torch"] = torch.__version__

@@ -55,6 +55,8 @@ def test_count_bad_counts_dead_and_broken_values():
     negative = clean_npho.copy()
     negative[3, 3] = -1e10
     assert count_bad(negative, clean_time)[0] == np.count_nonzero(clean_npho > 9e9) + 1
+    rolled = count_bad(np.roll(npho, -2, axis=0), np.roll(time, -2, axis=0))  # broken rows in the last block
+    assert len(npho) > BLOCK_EVENTS and rolled.tolist() == expected
 
 
 # --- recycled shared memory ---------------------------------------------------------------------------

@@ -125,12 +125,20 @@ def _blend(values: np.ndarray, valid: np.ndarray, sentinel: float, mask: np.ndar
 
 
 def count_bad(npho: np.ndarray, time: np.ndarray) -> np.ndarray:
-    """(dead, NaN or inf npho values; the same for time; NaN or inf values) of raw events.
+    """(dead, NaN or inf npho values; the same for time; NaN or inf values) of raw (n, 4760) events.
 
     Dead means beyond ``INVALID_ABOVE`` in magnitude (the 1e10 marker), the rule of
-    ``Normalizer.validity``. Sane input (no NaN or inf, which the maximum would show, and
-    nothing below -9e9) takes one compare per value; anything else is counted value by value.
+    ``Normalizer.validity``. Counted in blocks of ``BLOCK_EVENTS`` events, whose passes run in cache.
     """
+    counts = np.zeros(3, dtype=np.int64)
+    for start in range(0, len(npho), BLOCK_EVENTS):
+        counts += _count_block(npho[start:start + BLOCK_EVENTS], time[start:start + BLOCK_EVENTS])
+    return counts
+
+
+def _count_block(npho: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """:func:`count_bad` of one block. Sane input (no NaN or inf, which the maximum would show, and
+    nothing below -9e9) takes one compare per value; anything else is counted value by value."""
     extremes = [f(a, initial=0.0) for a in (npho, time) for f in (np.max, np.min)]
     if not (np.all(np.isfinite(extremes)) and min(extremes) >= -INVALID_ABOVE):
         finite = np.count_nonzero(np.isfinite(npho)) + np.count_nonzero(np.isfinite(time))

@@ -283,6 +283,27 @@ class EventPool:
         self.slots = kept
 
 
+Block = tuple[dict[str, np.ndarray], Rows, int]
+
+
+def segment_blocks(segments: list[Segment]) -> list[Block]:
+    """A batch's segments as blocks of at most ``BLOCK_EVENTS`` events: (source, rows, row in the batch)."""
+    blocks, offset = [], 0
+    for source, rows in segments:
+        length = _length(rows)
+        blocks += [(source, _part(rows, b, min(b + BLOCK_EVENTS, length)), offset + b)
+                   for b in range(0, length, BLOCK_EVENTS)]
+        offset += length
+    return blocks
+
+
+def normalize_blocks(normalizer: Normalizer, blocks: list[Block], x: np.ndarray, valid: np.ndarray) -> None:
+    """Normalise the blocks' raw rows into their rows of the batch arrays ``x`` and ``valid`` (B, 4760, 2)."""
+    for source, rows, out in blocks:
+        end = out + _length(rows)
+        normalize_into(normalizer, source["npho"][rows], source["time"][rows], x[out:end], valid[out:end])
+
+
 # --- reading ahead --------------------------------------------------------------------------------
 _END = object()
 
@@ -498,7 +519,7 @@ class XECStream(IterableDataset):
         source = self._sim_reads(shard, shards) if self.sim_spec is not None else self._root_reads(shard, shards)
         tally: list = []  # [label, first, events, counts]
         for label, first, chunk, last in source:
-            counts = self._count_bad(chunk)
+            counts = count_bad(chunk["npho"], chunk["time"])
             if not tally:
                 tally = [label, first, 0, np.zeros(3, dtype=np.int64)]
             tally[2] += len(chunk["npho"])
@@ -574,12 +595,6 @@ class XECStream(IterableDataset):
                 out[key] = np.asarray(arrays[key], dtype=np.float32).reshape(n, *shape)
         return out
 
-    def _count_bad(self, chunk: dict[str, np.ndarray]) -> np.ndarray:
-        """(bad npho values, bad time values, NaN/inf values) of a read, counted in blocks."""
-        npho, time = chunk["npho"], chunk["time"]
-        return sum((count_bad(npho[i:i + BLOCK_EVENTS], time[i:i + BLOCK_EVENTS])
-                    for i in range(0, len(npho), BLOCK_EVENTS)), np.zeros(3, dtype=np.int64))
-
     def _log_invalid(self, label: str, first: int, events: int, counts: np.ndarray) -> None:
         """One summary line per chunk of the values that become invalid sensors, never one per sensor.
 
@@ -603,26 +618,14 @@ class XECStream(IterableDataset):
         specs = [((size, N_SENSORS, 2), torch.float32), ((size, N_SENSORS, 2), torch.bool)]  # x, valid
         x, valid = allocate(specs)
         x_np, valid_np = x.numpy(), valid.numpy()
-        blocks, offset = [], 0  # (source, rows, output offset) of at most BLOCK_EVENTS events
-        for source, rows in segments:
-            length = _length(rows)
-            blocks += [(source, _part(rows, b, min(b + BLOCK_EVENTS, length)), offset + b)
-                       for b in range(0, length, BLOCK_EVENTS)]
-            offset += length
+        blocks = segment_blocks(segments)
         parts = [blocks[i::self.num_threads] for i in range(self.num_threads)]
-
-        def normalize(part: list) -> None:
-            for source, rows, out in part:
-                end = out + _length(rows)
-                normalize_into(self.normalizer, source["npho"][rows], source["time"][rows], x_np[out:end],
-                               valid_np[out:end])
-
-        jobs = [executor.submit(normalize, part) for part in parts[1:] if part]
+        jobs = [executor.submit(normalize_blocks, self.normalizer, part, x_np, valid_np) for part in parts[1:] if part]
         batch = {"x": x, "valid": valid}
         keys = list(ID_BRANCHES) + (list(TRUTH_SHAPES) if self.truth else [])
         for key in keys:
             batch[key] = torch.from_numpy(np.concatenate([source[key][rows] for source, rows in segments]))
-        normalize(parts[0])
+        normalize_blocks(self.normalizer, parts[0], x_np, valid_np)
         for job in jobs:
             job.result()
         return batch
