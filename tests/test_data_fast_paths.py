@@ -59,10 +59,7 @@ def test_count_bad_counts_dead_and_broken_values():
     assert len(npho) > BLOCK_EVENTS and rolled.tolist() == expected
 
 
-# --- recycled shared memory ---------------------------------------------------------------------------
-SPECS = [((4, 3), torch.float32), ((4, 3), torch.bool)]
-
-
+# --- reused read buffers ------------------------------------------------------------------------------
 def test_read_buffers_are_reused_only_when_nothing_refers_to_them():
     buffers = ReadBuffers()
     first = buffers.take("npho", 10, (N_SENSORS,), np.float32)
@@ -100,6 +97,10 @@ def test_read_range_into_reused_buffers_equals_uproot(tmp_path):
         del arrays
     assert start == 60 and len(buffers) == 3  # npho: the held buffer and one reused twice; time: one
     np.testing.assert_array_equal(held, expected["npho"][:20])
+
+
+# --- recycled shared memory ---------------------------------------------------------------------------
+SPECS = [((4, 3), torch.float32), ((4, 3), torch.bool)]
 
 
 def test_shared_buffers_wait_for_the_lag_and_for_the_consumer_to_let_go(monkeypatch):
