@@ -156,7 +156,10 @@ class OptimConfig(Section):
     grad_accum_steps: Annotated[int, Field(gt=0)] = 1
     ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None
     amp: bool = True
-    """bf16 autocast on GPU; ignored on CPU."""
+    """bf16 autocast on GPU; ignored on CPU unless ``cpu_amp`` is set."""
+    cpu_amp: bool = False
+    """With ``amp``, bf16 autocast on the CPU too: the GPU's mixed-precision code path, run where
+    no GPU is (slow on CPUs without bf16 arithmetic; for checks, not for speed)."""
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     seed: int = 42
     log_interval: Annotated[int, Field(gt=0)] = 50

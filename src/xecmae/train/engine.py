@@ -176,8 +176,8 @@ def build_trainer(cfg: RunConfig, spec: RunSpec, device: torch.device, total_ste
     if t.compile != "none":
         model = torch.compile(model, mode=None if t.compile == "default" else t.compile)
     trainer = Trainer(model, raw, optimizer, scheduler, ema, spec.objective, seed=t.seed,
-                      grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip, amp=t.amp, device=device,
-                      max_bad_steps=t.max_bad_steps)
+                      grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip, amp=t.amp, cpu_amp=t.cpu_amp,
+                      device=device, max_bad_steps=t.max_bad_steps)
     if resumed is not None:
         restore(cfg, trainer, resumed, path)
     return trainer
