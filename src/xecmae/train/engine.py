@@ -194,7 +194,12 @@ def train_batches_per_epoch(cfg: RunConfig, truth: bool) -> int:
 
 
 class Interrupt:
-    """SIGTERM/SIGUSR1 (SLURM preemption or time limit) ask for a checkpoint at the next step."""
+    """SIGTERM/SIGUSR1 (SLURM preemption or time limit) ask for a checkpoint at the next step.
+
+    A signal may reach one rank only (or the ranks at different steps): :meth:`stop_now` asks
+    every rank, so all of them stop after the same step instead of one waiting forever in the
+    next gradient all-reduce while another saves.
+    """
 
     def __init__(self):
         self.requested = False
@@ -205,6 +210,10 @@ class Interrupt:
     def _handle(self, signum, frame) -> None:
         self.requested = True
         log.warning("signal %d received: saving the last checkpoint at the next step", signum)
+
+    def stop_now(self) -> bool:
+        """Whether any rank has been signalled (a collective: every rank calls it after every optimizer step)."""
+        return dist.any_rank(self.requested)
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -300,13 +309,14 @@ def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, r
                                         | {"step/lr": trainer.scheduler.get_last_lr()[0]}, step=state.step)
             if stepped and ck.save_every_steps and state.step % ck.save_every_steps == 0 and main:
                 save_checkpoint(checkpoint_payload(cfg, spec, trainer), run_dir / spec.file("checkpoint_last"))
-            if stepped and ((t.max_steps and state.step >= t.max_steps) or interrupt.requested):
+            signalled = stepped and interrupt.stop_now()
+            if stepped and ((t.max_steps and state.step >= t.max_steps) or signalled):
                 bar.close()
                 if main:
                     save_checkpoint(checkpoint_payload(cfg, spec, trainer), run_dir / spec.file("checkpoint_last"))
                     log.info("stopped at step %d (%s); resume with --resume_from %s", state.step,
-                             "max_steps" if not interrupt.requested else "signal",
-                             run_dir / spec.file("checkpoint_last"))
+                             "signal" if signalled else "max_steps", run_dir / spec.file("checkpoint_last"))
+                dist.barrier()  # no rank leaves before the checkpoint is written
                 return True
         bar.close()
         trainer.check_health()
