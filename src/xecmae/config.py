@@ -170,6 +170,9 @@ class OptimConfig(Section):
     """Stop after this many optimizer steps in total (the last checkpoint is written, so the run
     can be resumed); null = run every epoch."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = False
+    """Deterministic kernels wherever PyTorch has them (slower on a GPU). Bit-exact resume holds on
+    the CPU only: on CUDA, adaptive_avg_pool2d and bilinear interpolation backward use atomics."""
 
 
 class TrainingConfig(OptimConfig):

@@ -26,6 +26,7 @@ from xecmae.config import RunConfig
 from xecmae.errors import UserError
 from xecmae.runtime import large_blocks_from_heap
 from xecmae.train import distributed as dist
+from xecmae.train.accelerator import accelerator_settings, distributed_model
 from xecmae.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xecmae.train.ema import EMA
 from xecmae.train.initialize import checkpoint_kind
@@ -171,8 +172,7 @@ def build_trainer(cfg: RunConfig, spec: RunSpec, device: torch.device, total_ste
     ema = EMA(raw, t.ema_decay) if t.ema_decay is not None else None  # starts from the loaded weights
     model: nn.Module = raw
     if dist.is_distributed():
-        model = torch.nn.parallel.DistributedDataParallel(
-            raw, device_ids=[device.index] if device.type == "cuda" else None)
+        model = distributed_model(raw, device, grad_accum_steps=t.grad_accum_steps)
     if t.compile != "none":
         model = torch.compile(model, mode=None if t.compile == "default" else t.compile)
     trainer = Trainer(model, raw, optimizer, scheduler, ema, spec.objective, seed=t.seed,
@@ -226,7 +226,8 @@ def fit(cfg: RunConfig, spec: RunSpec) -> Path:
     if t.device == "cuda" and ctx.device.type != "cuda":
         raise UserError("training.device is cuda but no GPU is visible")
     try:
-        with large_blocks_from_heap(ctx.device.type == "cpu"):
+        with large_blocks_from_heap(ctx.device.type == "cpu"), \
+                accelerator_settings(ctx.device, amp=t.amp, deterministic=t.deterministic):
             return _fit(cfg, spec, ctx.device)
     finally:
         dist.cleanup()
