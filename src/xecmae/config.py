@@ -51,6 +51,9 @@ class DataConfig(Section):
     num_workers: Annotated[int, Field(ge=0)] = 2
     num_threads: Annotated[int, Field(gt=0)] = 2
     prefetch_factor: Annotated[int, Field(gt=0)] = 2
+    persistent_workers: bool = True
+    """Training DataLoader workers live for the whole run instead of being started every epoch
+    (each epoch's order stays the same); false = new workers every epoch."""
     shuffle_buffer: Annotated[int, Field(ge=0)] = 20000
     drop_last: bool = True
     @field_validator("train_path", "val_path")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ from xecmae.train.loop import Objective, Throughput, Trainer
 from xecmae.train.metrics import MetricSums
 from xecmae.train.optim import make_optimizer, make_scheduler
 from xecmae.train.tracking import Tracker, flatten
+
+if TYPE_CHECKING:
+    from xecmae.data.loaders import EpochLoader
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +186,16 @@ def build_trainer(cfg: RunConfig, spec: RunSpec, device: torch.device, total_ste
     return trainer
 
 
-def train_batches_per_epoch(cfg: RunConfig, truth: bool) -> int:
-    from xecmae.data.stream import make_stream
+def run_loaders(cfg: RunConfig, truth: bool, has_val: bool) -> tuple[EpochLoader, EpochLoader | None]:
+    """The training and validation loaders, each planned once for the whole run."""
+    from xecmae.data.loaders import EpochLoader
 
-    n = len(make_stream(cfg, "train", dist.rank(), dist.world_size(), truth=truth))
-    if n == 0:
+    train = EpochLoader(cfg, "train", dist.rank(), dist.world_size(), truth=truth)
+    if len(train) == 0:
         raise UserError(f"data.train_path yields no full batch of {cfg.data.batch_size} per rank and worker: "
                         "lower data.batch_size or data.num_workers, or add events")
-    return n
+    val = EpochLoader(cfg, "val", dist.rank(), dist.world_size(), truth=truth, persistent=False) if has_val else None
+    return train, val
 
 
 class Interrupt:
@@ -236,12 +241,13 @@ def fit(cfg: RunConfig, spec: RunSpec) -> Path:
 def _fit(cfg: RunConfig, spec: RunSpec, device: torch.device) -> Path:
     t = cfg.training
     run_dir = Path(dist.broadcast_object(str(run_directory(cfg, spec.kind)) if dist.is_main() else None))
-    batches = train_batches_per_epoch(cfg, spec.truth)
+    has_val = cfg.data.val_path not in (None, "", [])
+    loaders = run_loaders(cfg, spec.truth, has_val)
+    batches = len(loaders[0])
     steps = batches // t.grad_accum_steps
     if steps == 0:
         raise UserError(f"training.grad_accum_steps {t.grad_accum_steps} exceeds the {batches} batches per epoch")
     trainer = build_trainer(cfg, spec, device, steps * t.epochs)
-    has_val = cfg.data.val_path not in (None, "", [])
     main = dist.is_main()
     tracker = Tracker(run_dir, cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.enabled and main)
     if main:
@@ -265,7 +271,7 @@ def _fit(cfg: RunConfig, spec: RunSpec, device: torch.device) -> Path:
     interrupt = Interrupt()
     status = "FAILED"
     try:
-        stopped = _epochs(cfg, spec, trainer, tracker, run_dir, batches, has_val, interrupt)
+        stopped = _epochs(cfg, spec, trainer, tracker, run_dir, loaders, interrupt)
         status = "KILLED" if stopped else "FINISHED"
     finally:
         if main:
@@ -275,16 +281,16 @@ def _fit(cfg: RunConfig, spec: RunSpec, device: torch.device) -> Path:
     return run_dir
 
 
-def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, run_dir: Path, batches: int,
-            has_val: bool, interrupt: Interrupt) -> bool:
+def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, run_dir: Path,
+            loaders: tuple[EpochLoader, EpochLoader | None], interrupt: Interrupt) -> bool:
     """Train the remaining epochs; True if stopped early (max_steps or a signal)."""
-    from xecmae.data.stream import make_loader
-
     t, ck = cfg.training, cfg.checkpoint
     state = trainer.state
     main = dist.is_main()
+    train_loader, val_loader = loaders
+    batches = len(train_loader)
     for epoch in range(state.epoch, t.epochs):
-        loader = make_loader(cfg, "train", dist.rank(), dist.world_size(), epoch, truth=spec.truth)
+        loader = train_loader.loader(epoch)
         sums, interval, throughput = MetricSums(), MetricSums(), Throughput()
         skip = state.epoch_batches
         bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not main,
@@ -325,24 +331,22 @@ def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, r
         sums.reduce()
         train_metrics = sums.compute()
         state.epoch, state.epoch_batches = epoch + 1, 0
-        _end_of_epoch(cfg, spec, trainer, tracker, run_dir, train_metrics, rate, has_val)
+        _end_of_epoch(cfg, spec, trainer, tracker, run_dir, train_metrics, rate, val_loader)
     return False
 
 
 def _end_of_epoch(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, run_dir: Path,
-                  train_metrics: dict[str, float], rate: float, has_val: bool) -> None:
-    from xecmae.data.stream import make_loader
-
+                  train_metrics: dict[str, float], rate: float, val_loader: EpochLoader | None) -> None:
     t, ck = cfg.training, cfg.checkpoint
+    has_val = val_loader is not None
     state, epoch = trainer.state, trainer.state.epoch
     last = epoch == t.epochs
     report = spec.make_report(cfg, run_dir, epoch, last) if (spec.make_report and has_val) else None
     val_metrics: dict[str, float] = {}
     started = time.perf_counter()
     if has_val:
-        loader = make_loader(cfg, "val", dist.rank(), dist.world_size(), epoch, truth=spec.truth)
         try:
-            val_metrics = trainer.evaluate(loader, on_batch=report.on_batch if report else None)
+            val_metrics = trainer.evaluate(val_loader.loader(epoch), on_batch=report.on_batch if report else None)
             if report:
                 val_metrics |= report.finish()
         except BaseException:
