@@ -54,18 +54,18 @@ def accelerator_settings(device: torch.device, *, amp: bool, deterministic: bool
         torch.set_float32_matmul_precision(saved[4])
 
 
-def distributed_model(model: nn.Module, device: torch.device, *, grad_accum_steps: int = 1) -> nn.Module:
+def distributed_model(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` under DDP with the options this project's models allow.
 
     Gradients are views into the all-reduce buckets (no second copy of them); the buffers are
     constants (the sensor-to-face maps, the PMT lattice), so they are not broadcast at every
-    forward pass; every trainable parameter is used at every step, so the graph is declared
-    static (the reducer plans its buckets once), except with gradient accumulation, whose
-    ``no_sync`` steps it would have to skip.
+    forward pass. ``static_graph`` is not used: the MAE returns a dataclass, which DDP's
+    static-graph mode does not look into, and its first step then all-reduces no gradient at
+    all (the ranks drift apart; the two-rank tests catch it).
     """
     ddp = torch.nn.parallel.DistributedDataParallel
     # newer PyTorch names the per-forward buffer broadcast forward_sync_buffers
     no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
         ddp.__init__).parameters else {"broadcast_buffers": False}
     return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
-               static_graph=grad_accum_steps == 1, **no_buffer_sync)
+               **no_buffer_sync)

@@ -175,7 +175,7 @@ def build_trainer(cfg: RunConfig, spec: RunSpec, device: torch.device, total_ste
     ema = EMA(raw, t.ema_decay) if t.ema_decay is not None else None  # starts from the loaded weights
     model: nn.Module = raw
     if dist.is_distributed():
-        model = distributed_model(raw, device, grad_accum_steps=t.grad_accum_steps)
+        model = distributed_model(raw, device)
     if t.compile != "none":
         model = torch.compile(model, mode=None if t.compile == "default" else t.compile)
     trainer = Trainer(model, raw, optimizer, scheduler, ema, spec.objective, seed=t.seed,
