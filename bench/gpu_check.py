@@ -1,7 +1,7 @@
 """The first thing to run on a GPU machine: every kind of model trains in bf16, with and without compile.
 
     python bench/gpu_check.py [--quick] [--size tiny|small|base] [--batch N] [--steps N]
-                              [--device cpu|cuda] [--compile-on-cpu]
+                              [--device cpu|cuda] [--compile-on-cpu] [--memory-only]
 
 For each model kind (MAE, inpainter, regressor with a trained and a frozen encoder) and each of
 ``compile: none`` and ``compile: default``, a few steps of the real trainer
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile-on-cpu", action="store_true", help="also the compiled runs on a CPU (slow)")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
+    parser.add_argument("--memory-only", action="store_true", help="only the saved-for-backward bytes per event")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no GPU is visible")
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__, "precision": "bf16 autocast", "size": args.size,
                     "batch": args.batch, "steps": args.steps, "runs": []}
     failures = 0
-    for kind in args.kinds:
+    for kind in [] if args.memory_only else args.kinds:
         for mode in compile_modes:
             print(f"gpu_check: {kind}, compile {mode} ...", file=sys.stderr, flush=True)
             try:
