@@ -40,7 +40,7 @@ def peak_rss_mb() -> float:
 def config(args, extra: dict | None = None):
     raw = {"model": {"size": args.size, "outer_fine_pool": args.outer_pool},
            "data": {"batch_size": args.batch},
-           "training": {"amp": args.amp, "compile": args.compile, "device": args.device}}
+           "training": {"amp": args.amp, "cpu_amp": args.amp, "compile": args.compile, "device": args.device}}
     for section, values in (extra or {}).items():
         raw.setdefault(section, {}).update(values)
     return validate(raw)
@@ -57,7 +57,7 @@ def step_benchmark(args) -> dict:
     x, valid = norm(torch.from_numpy(raw["npho"]), torch.from_numpy(raw["relative_time"]))
     x, valid = x.to(device), valid.to(device)
     settings = LossSettings.from_training(cfg.training)
-    amp = args.amp and device.type == "cuda"
+    amp = args.amp  # bf16 autocast on the CPU too, the trainer's code path with training.cpu_amp
     forward = torch.compile(model, mode=None if args.compile == "default" else args.compile) \
         if args.compile != "none" else model
     generator = torch.Generator(device=device).manual_seed(0)
@@ -138,7 +138,7 @@ def epoch_benchmark(args) -> dict:
         total = time.perf_counter() - started
         history = load_checkpoint(run / "mae_checkpoint_last.pth")["history"]
     return {"mode": "epoch", "size": args.size, "batch": args.batch, "device": args.device,
-            "outer_pool": args.outer_pool, "amp_bf16": args.amp and args.device == "cuda", "events": events,
+            "outer_pool": args.outer_pool, "amp_bf16": args.amp, "events": events,
             "workers": args.workers, "events_per_s": round(history[-1]["events_per_s"], 2),
             "wall_s_including_setup": round(total, 1), "peak_rss_mb": round(peak_rss_mb())}
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (on a CPU too: slow there)")
     parser.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"])
     parser.add_argument("--outer-pool", type=int, nargs=2, default=None, metavar=("H", "W"))
     parser.add_argument("--epoch", action="store_true", help="time a full epoch with data loading instead")

@@ -8,6 +8,8 @@
 # Settings (environment): CONFIG, ROOT_PATH, VAL_PATH, EPOCHS, MASK_RATIO, BATCH, RUN_NAME,
 # ARTIFACTS_DIR, RESUME_FROM, NUM_GPUS, NUM_NODES, PARTITION, TIME, MEM, CPUS_PER_GPU, ACCOUNT,
 # PYTHON (the environment's python), EXTRA_ARGS (more xecmae flags), DRY_RUN.
+# CPUS_PER_GPU defaults to what each training process uses: data.num_workers x (data.num_threads
+# + 1 reading thread) for its DataLoader workers, and 2 for itself; a smaller value is warned about.
 # A requeued job (preemption, or the time limit reached: the job saves and requeues itself)
 # resumes from <run dir>/mae_checkpoint_last.pth.
 set -euo pipefail
@@ -21,7 +23,6 @@ NUM_NODES="${NUM_NODES:-1}"
 PARTITION="${PARTITION:-gpu}"
 TIME="${TIME:-24:00:00}"
 MEM="${MEM:-64G}"
-CPUS_PER_GPU="${CPUS_PER_GPU:-8}"
 RUN_NAME="${RUN_NAME:-mae_$(date +%Y%m%d_%H%M%S)}"
 ARTIFACTS_DIR="${ARTIFACTS_DIR:-}"
 
@@ -42,8 +43,16 @@ xecmae_config() {  # the resolved configuration through the project's own loader
     "$PYTHON" -m xecmae.cli config show --config "$CONFIG" "${OVERRIDES[@]}" "$@"
 }
 # fails here, before anything is submitted, on a bad configuration
-VALUES="$(cd "$REPO" && xecmae_config --get checkpoint.save_dir training.epochs data.batch_size)"
-{ read -r SAVE_DIR; read -r EPOCHS_RESOLVED; read -r BATCH_RESOLVED; } <<< "$VALUES"
+VALUES="$(cd "$REPO" && xecmae_config --get checkpoint.save_dir training.epochs data.batch_size \
+    data.num_workers data.num_threads)"
+{ read -r SAVE_DIR; read -r EPOCHS_RESOLVED; read -r BATCH_RESOLVED; read -r WORKERS; read -r THREADS; } <<< "$VALUES"
+# CPUs one training process keeps busy: its workers' normalising and reading threads, and itself
+CPUS_NEEDED=$(( (WORKERS > 0 ? WORKERS * (THREADS + 1) : THREADS + 1) + 2 ))
+CPUS_PER_GPU="${CPUS_PER_GPU:-$CPUS_NEEDED}"
+if [ "$CPUS_PER_GPU" -lt "$CPUS_NEEDED" ]; then
+    echo "submit_mae.sh: warning: CPUS_PER_GPU=$CPUS_PER_GPU is below the $CPUS_NEEDED each GPU's process uses" \
+         "($WORKERS workers x ($THREADS threads + 1 reader) + 2): the data loading will share cores" >&2
+fi
 case "$SAVE_DIR" in /*) ;; *) SAVE_DIR="$REPO/$SAVE_DIR" ;; esac
 RUN_DIR="$SAVE_DIR/$RUN_NAME"
 
@@ -85,6 +94,7 @@ SBATCH
 )"
 
 echo "run $RUN_NAME: $NUM_NODES node(s) x $NUM_GPUS GPU(s), $EPOCHS_RESOLVED epochs, batch $BATCH_RESOLVED per GPU"
+echo "CPUs per GPU: $CPUS_PER_GPU ($WORKERS data workers x $THREADS threads each)"
 echo "run directory: $RUN_DIR"
 if [ "${DRY_RUN:-0}" != "0" ]; then
     echo "--- resolved configuration ($CONFIG + overrides) ---"

@@ -3,11 +3,13 @@
 Trains through the real engine and records, for this rank: the events of every training batch,
 a fingerprint of the weights after every optimizer step, and every file this process writes.
 Usage: ddp_probe.py OUT_DIR CONFIG_YAML
+With XECMAE_PROBE_SIGNAL=RANK:STEP, that rank alone sends itself SIGUSR1 after that optimizer step.
 """
 
 import json
 import os
 import pathlib
+import signal
 import sys
 
 import torch
@@ -18,7 +20,8 @@ from xecmae.train import pretrain as engine
 
 out, config_path = pathlib.Path(sys.argv[1]), sys.argv[2]
 rank = int(os.environ["RANK"])
-record: dict[str, list] = {"events": [], "fingerprints": [], "writes": [], "losses": []}
+record: dict[str, list] = {"events": [], "fingerprints": [], "writes": [], "losses": [], "signalled_at": []}
+signal_rank, signal_step = (int(v) for v in os.environ.get("XECMAE_PROBE_SIGNAL", "-1:-1").split(":"))
 
 real_step = loop.Trainer.train_step
 real_save = torch.save
@@ -33,6 +36,9 @@ def train_step(self, batch):
     probe = torch.sin(torch.arange(weights.numel(), dtype=torch.float64))
     record["fingerprints"].append([float(weights.sum()), float((weights * probe).sum())])
     record["losses"].append(float(stats["total_loss"][0] / stats["total_loss"][1]))
+    if rank == signal_rank and self.state.step == signal_step:
+        record["signalled_at"].append(self.state.step)
+        os.kill(os.getpid(), signal.SIGUSR1)  # as SLURM does before a time limit, to this rank only
     return stats
 
 

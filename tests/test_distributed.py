@@ -1,6 +1,7 @@
 """Two gloo processes on the CPU under torchrun, against a single process over the same events."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -24,12 +25,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(nproc: int, out: Path, cfg, timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, out: Path, cfg, timeout: int = 300, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess:
     config = out / f"config_{nproc}.yaml"
     config.write_text(cfg.to_yaml())
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={free_port()}", str(HERE / "ddp_probe.py"), str(out), str(config)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ | (env or {}))
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +92,17 @@ def test_very_uneven_files_do_not_hang(sim_data, tmp_path):
     for epoch in (0, 1):
         seen = [e for r in ranks for ep, batch in r["events"] if ep == epoch for e in batch]
         assert len(seen) == len(set(seen))
+
+
+def test_a_signal_to_one_rank_stops_both_at_the_same_step(sim_data, tmp_path):
+    data = {"train_path": sim_data["train"], "batch_size": 16, "num_workers": 0, "shuffle_buffer": 32}
+    cfg = tiny_config(sim_data, tmp_path, data=data, training={"epochs": 2}, checkpoint={"run_name": "signal"},
+                      distributed={"timeout_minutes": 1})  # a rank left waiting fails within a minute
+    done = torchrun(2, tmp_path, cfg, timeout=180, env={"XECMAE_PROBE_SIGNAL": "1:2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["signalled_at"] == [] and ranks[1]["signalled_at"] == [2]  # rank 1 alone got the signal
+    assert len(ranks[0]["fingerprints"]) == len(ranks[1]["fingerprints"]) == 2  # both stopped after step 2
+    assert ranks[0]["fingerprints"] == ranks[1]["fingerprints"]
+    checkpoint = load_checkpoint(tmp_path / "signal" / "mae_checkpoint_last.pth")
+    assert checkpoint["step"] == 2 and checkpoint["epoch"] == 0 and checkpoint["epoch_batches"] == 2

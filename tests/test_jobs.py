@@ -54,3 +54,13 @@ def test_a_bad_setting_stops_before_anything_is_submitted(env, message):
     out = dry_run("submit_mae.sh", **env)
     assert out.returncode != 0 and message in out.stderr
     assert "#SBATCH" not in out.stdout
+
+
+def test_cpus_per_gpu_cover_the_data_workers_and_their_threads():
+    out = dry_run("submit_mae.sh", NUM_GPUS="2", EXTRA_ARGS="--num_workers 4 --num_threads 3")
+    assert out.returncode == 0, out.stderr
+    assert "#SBATCH --cpus-per-task=36" in sbatch_part(out.stdout)  # 2 GPUs x (4 x (3 + 1) + 2)
+    assert "warning" not in out.stderr
+    low = dry_run("submit_mae.sh", CPUS_PER_GPU="8", EXTRA_ARGS="--num_workers 4 --num_threads 3")
+    assert low.returncode == 0 and "CPUS_PER_GPU=8 is below the 18" in low.stderr
+    assert "#SBATCH --cpus-per-task=8" in sbatch_part(low.stdout)  # the user's choice stands

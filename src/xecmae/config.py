@@ -51,6 +51,9 @@ class DataConfig(Section):
     num_workers: Annotated[int, Field(ge=0)] = 2
     num_threads: Annotated[int, Field(gt=0)] = 2
     prefetch_factor: Annotated[int, Field(gt=0)] = 2
+    persistent_workers: bool = True
+    """Training DataLoader workers live for the whole run instead of being started every epoch
+    (each epoch's order stays the same); false = new workers every epoch."""
     shuffle_buffer: Annotated[int, Field(ge=0)] = 20000
     drop_last: bool = True
     @field_validator("train_path", "val_path")
@@ -156,7 +159,10 @@ class OptimConfig(Section):
     grad_accum_steps: Annotated[int, Field(gt=0)] = 1
     ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None
     amp: bool = True
-    """bf16 autocast on GPU; ignored on CPU."""
+    """bf16 autocast on GPU; ignored on CPU unless ``cpu_amp`` is set."""
+    cpu_amp: bool = False
+    """With ``amp``, bf16 autocast on the CPU too: the GPU's mixed-precision code path, run where
+    no GPU is (slow on CPUs without bf16 arithmetic; for checks, not for speed)."""
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     seed: int = 42
     log_interval: Annotated[int, Field(gt=0)] = 50
@@ -167,6 +173,9 @@ class OptimConfig(Section):
     """Stop after this many optimizer steps in total (the last checkpoint is written, so the run
     can be resumed); null = run every epoch."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = False
+    """Deterministic kernels wherever PyTorch has them (slower on a GPU). Bit-exact resume holds on
+    the CPU only: on CUDA, adaptive_avg_pool2d and bilinear interpolation backward use atomics."""
 
 
 class TrainingConfig(OptimConfig):

@@ -397,7 +397,9 @@ class XECStream(IterableDataset):
         self.batch_size, self.chunksize, self.shuffle_buffer = batch_size, chunksize, shuffle_buffer
         self.seed, self.drop_last, self.truth, self.max_events = seed, drop_last, truth, max_events
         self.num_threads, self.rank, self.world_size = num_threads, rank, world_size
-        self.num_workers, self.even_steps, self.epoch, self.name = num_workers, even_steps, epoch, name
+        self.num_workers, self.even_steps, self.name = num_workers, even_steps, name
+        # in shared memory: workers that live across epochs (persistent_workers) see set_epoch
+        self._epoch = torch.full((), int(epoch), dtype=torch.int64).share_memory_()
         self.read_ahead = read_ahead
         self.loader_prefetch = loader_prefetch
         self.consumer_pid = os.getpid()  # the process that builds the stream iterates the loader
@@ -458,9 +460,17 @@ class XECStream(IterableDataset):
     def __len__(self) -> int:
         return int(self.counts[self.rank].sum())
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch: it seeds the piece order, the shuffle buffer and simulated events."""
-        self.epoch = int(epoch)
+        """Select the epoch: it seeds the piece order, the shuffle buffer and simulated events.
+
+        The value lives in shared memory, so DataLoader workers started in an earlier epoch
+        read it when their next iteration begins.
+        """
+        self._epoch.fill_(int(epoch))
 
     @property
     def shuffle(self) -> bool:
@@ -654,15 +664,23 @@ def make_stream(cfg: Any, split: str, rank: int = 0, world_size: int = 1, epoch:
 
 def make_loader(cfg: Any, split: str, rank: int = 0, world_size: int = 1, epoch: int = 0,
                 truth: bool = False) -> DataLoader:
-    """A DataLoader over :func:`make_stream` for one epoch; build a new one every epoch.
+    """A DataLoader over :func:`make_stream` for one epoch, with workers that end with it.
 
     ``len(loader)`` is the number of batches it yields, the same on every rank for "train".
-    Workers are not persistent, so each epoch's loader starts from its own epoch's seed.
+    A run that goes on for epochs uses :class:`xecmae.data.loaders.EpochLoader` instead.
     """
-    stream = make_stream(cfg, split, rank, world_size, epoch, truth)
+    return stream_loader(cfg, make_stream(cfg, split, rank, world_size, epoch, truth))
+
+
+def stream_loader(cfg: Any, stream: XECStream, persistent: bool = False) -> DataLoader:
+    """The DataLoader over ``stream``: its workers, prefetch and pinning from ``cfg.data``.
+
+    ``persistent`` keeps the workers (and their read buffers) alive from one iteration to the
+    next; the stream's :meth:`~XECStream.set_epoch` still reaches them.
+    """
     workers = cfg.data.num_workers
     extra: dict[str, Any] = {}
     if workers > 0:  # map_large_blocks: a worker forked from a training process gets glibc's thresholds back
-        extra = {"prefetch_factor": cfg.data.prefetch_factor, "worker_init_fn": map_large_blocks}
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False, **extra)
+        extra = {"prefetch_factor": cfg.data.prefetch_factor, "worker_init_fn": map_large_blocks,
+                 "persistent_workers": persistent}
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), **extra)

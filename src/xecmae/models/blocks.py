@@ -15,6 +15,11 @@ from torch import nn
 from xecmae.geometry import HEX_EDGE_TYPES, hex_graph
 
 
+def _stat_dtype(x: torch.Tensor) -> torch.dtype:
+    """Reductions of a bf16 activation are kept in fp32; fp32 and fp64 ones in their own dtype."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class _GRNFunction(torch.autograd.Function):
     """GRN with a hand-written backward: three passes over the activation instead of about seven.
 
@@ -25,26 +30,31 @@ class _GRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, dims: tuple[int, ...], eps: float):
-        energy = x.square().sum(dim=dims, keepdim=True).sqrt()  # (B, 1.., C); twice as fast as vector_norm
+        # the per-channel statistics are small: at least fp32 whatever x is; twice as fast as vector_norm
+        energy = x.square().sum(dim=dims, keepdim=True, dtype=_stat_dtype(x)).sqrt()  # (B, 1.., C)
         denom = energy.mean(dim=-1, keepdim=True) + eps
         scale = 1 + gamma * (energy / denom)
         ctx.save_for_backward(x, gamma, energy, denom, scale)
         ctx.dims = dims
-        return torch.addcmul(beta, x, scale)
+        if x.dtype == scale.dtype:
+            return torch.addcmul(beta, x, scale)
+        # bf16 under autocast: computed in fp32, written in x's dtype in the same pass
+        return torch.addcmul(beta, x, scale, out=torch.empty_like(x))
 
     @staticmethod
     def backward(ctx, grad):
         x, gamma, energy, denom, scale = ctx.saved_tensors
         dims = ctx.dims
         batch_dims = tuple(range(x.dim() - 1))
-        grad_scale = (grad * x).sum(dim=dims, keepdim=True)  # (B, 1.., C)
+        grad_scale = (grad * x).sum(dim=dims, keepdim=True, dtype=_stat_dtype(x))  # (B, 1.., C)
         grad_gamma = (grad_scale * energy / denom).sum(dim=batch_dims)
-        grad_beta = grad.sum(dim=batch_dims)
+        grad_beta = grad.sum(dim=batch_dims, dtype=_stat_dtype(grad))
         grad_response = grad_scale * gamma
         channels = x.shape[-1]
         grad_energy = grad_response / denom - (grad_response * energy).sum(-1, keepdim=True) / (denom**2 * channels)
-        coef = grad_energy / energy.clamp_min(torch.finfo(x.dtype).tiny)  # d||x||/dx = x / ||x||
-        grad_x = torch.addcmul(grad * scale, x, coef)
+        coef = grad_energy / energy.clamp_min(torch.finfo(energy.dtype).tiny)  # d||x||/dx = x / ||x||
+        # the wide gradient in x's dtype: the small per-channel factors are cast to it
+        grad_x = torch.addcmul(grad * scale.to(x.dtype), x, coef.to(x.dtype))
         return grad_x, grad_gamma, grad_beta, None, None
 
 
@@ -113,13 +123,23 @@ class _DepthwiseConvFunction(torch.autograd.Function):
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """A stride-1, 'same'-padded depthwise ``nn.Conv2d`` (same parameters and state dict) with a faster backward."""
+    """A stride-1, 'same'-padded depthwise ``nn.Conv2d`` (same parameters and state dict) with a faster backward.
+
+    Under autocast the input and parameters are cast to the autocast dtype before the custom
+    function, as autocast does for ``nn.Conv2d``: its backward runs outside autocast, so it must
+    find the output gradient, the input and the kernel in one dtype; the casts' own backward
+    returns fp32 gradients to the fp32 parameters.
+    """
 
     def __init__(self, channels: int, kernel_size: int):
         super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _DepthwiseConvFunction.apply(x, self.weight, self.bias, self.padding[0])
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        return _DepthwiseConvFunction.apply(x, weight, bias, self.padding[0])
 
 
 class ConvNeXtBlock(nn.Module):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xecmae.models.blocks import HexNeXtBlock
+from xecmae.models.precision import in_fp32
 
 
 class FaceDecoder(nn.Module):
@@ -31,7 +32,7 @@ class FaceDecoder(nn.Module):
 
     def forward(self, token: torch.Tensor) -> torch.Tensor:
         x = self.project(token).view(-1, self.width, 4, 4)  # (B, 2d, 4, 4)
-        x = self.up(x)  # (B, C, 16, 16)
+        x = in_fp32(self.up[-1], self.up[:-1](x))  # (B, C, 16, 16), the output layer in fp32
         return F.interpolate(x, size=self.shape, mode="bilinear", align_corners=False)  # (B, C, H, W)
 
 
@@ -48,7 +49,7 @@ class GraphFaceDecoder(nn.Module):
 
     def forward(self, token: torch.Tensor) -> torch.Tensor:
         x = self.project(token).unsqueeze(1) + self.node_embedding  # (B, 73, d)
-        return self.head(self.blocks(x)).transpose(1, 2)  # (B, C, 73)
+        return in_fp32(self.head, self.blocks(x)).transpose(1, 2)  # (B, C, 73), the head in fp32
 
 
 class GridRefiner(nn.Module):
@@ -74,7 +75,7 @@ class GridRefiner(nn.Module):
 
     def forward(self, decoded: torch.Tensor, face_input: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
         x = torch.cat([decoded, face_input.to(decoded.dtype), estimate.to(decoded.dtype)], dim=1)  # (B, ., H, W)
-        return self.out(self.body(x))  # (B, C, H, W)
+        return in_fp32(self.out, self.body(x))  # (B, C, H, W), the output layer in fp32
 
 
 class HexRefiner(nn.Module):
@@ -91,4 +92,4 @@ class HexRefiner(nn.Module):
     def forward(self, decoded: torch.Tensor, face_input: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
         x = torch.cat([decoded.transpose(1, 2), face_input.to(decoded.dtype),
                        estimate.transpose(1, 2).to(decoded.dtype)], dim=-1)  # (B, 73, .)
-        return self.out(self.block(self.inp(x))).transpose(1, 2)  # (B, C, 73)
+        return in_fp32(self.out, self.block(self.inp(x))).transpose(1, 2)  # (B, C, 73), output layer in fp32

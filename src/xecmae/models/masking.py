@@ -28,7 +28,12 @@ def random_masking(valid: torch.Tensor, mask_ratio: float, time_ratio_scale: flo
 
 def hide(x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor, sentinel_npho: float,
          sentinel_time: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Put the sentinels into every channel of the hidden sensors and clear their validity."""
-    sentinels = x.new_tensor([sentinel_npho, sentinel_time])
+    """Put the sentinels into every channel of the hidden sensors and clear their validity.
+
+    The (npho, time) sentinel pair is made on the device from Python numbers, not copied from
+    the host at every step.
+    """
+    channel = torch.arange(x.shape[-1], device=x.device)
+    sentinels = torch.where(channel == 0, sentinel_npho, sentinel_time).to(x.dtype)  # (C,)
     shown = ~hidden.unsqueeze(-1)  # (B, N, 1)
     return torch.where(shown, x, sentinels), valid & shown

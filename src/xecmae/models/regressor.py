@@ -13,6 +13,7 @@ from torch import nn
 
 from xecmae.geometry import FACE_NAMES
 from xecmae.models.encoder import EncoderModel, XECEncoder
+from xecmae.models.precision import in_fp32
 from xecmae.normalize import Normalizer
 
 
@@ -28,10 +29,13 @@ class TaskTarget:
 
     def encode(self, truth: torch.Tensor) -> torch.Tensor:
         t = truth.reshape(len(truth), self.size).float()
-        return (t - t.new_tensor(self.offset)) / t.new_tensor(self.scale)
+        # column by column with Python numbers: no host-to-device copy of the constants per step
+        return torch.stack([(t[:, k] - o) / s for k, (o, s) in enumerate(zip(self.offset, self.scale, strict=True))],
+                           dim=1)
 
     def decode(self, target: torch.Tensor) -> torch.Tensor:
-        return target * target.new_tensor(self.scale) + target.new_tensor(self.offset)
+        return torch.stack([target[:, k] * s + o for k, (o, s) in enumerate(zip(self.offset, self.scale,
+                                                                                  strict=True))], dim=1)
 
 
 TASK_TARGETS: dict[str, TaskTarget] = {
@@ -52,7 +56,7 @@ class RegressionHead(nn.Module):
                                  nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.mlp(tokens.flatten(1))
+        return in_fp32(self.mlp, tokens.flatten(1))  # small, and its outputs are energies and positions
 
 
 class XECRegressor(EncoderModel):

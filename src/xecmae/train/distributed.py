@@ -30,6 +30,7 @@ class Context:
 
 
 _CONTEXT = Context()
+_CONTROL: dist.ProcessGroup | None = None  # gloo group for host-side decisions when the default group is NCCL
 
 
 def _env_int(*names: str, default: int) -> int:
@@ -51,7 +52,7 @@ def context_from_env() -> tuple[int, int, int]:
 
 def setup(backend: str = "auto", timeout_minutes: int = 30, device: str | None = None) -> Context:
     """Join the process group (when there is more than one process) and pick this rank's device."""
-    global _CONTEXT
+    global _CONTEXT, _CONTROL
     rank, local_rank, world_size = context_from_env()
     use_cuda = torch.cuda.is_available() and device != "cpu"
     dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1)) if use_cuda else CPU
@@ -66,15 +67,17 @@ def setup(backend: str = "auto", timeout_minutes: int = 30, device: str | None =
         dist.init_process_group(chosen, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=timeout_minutes),
                                 device_id=dev if chosen == "nccl" else None)
+        # flags that steer the loop are reduced on the CPU, so deciding reads nothing back from a GPU
+        _CONTROL = dist.new_group(backend="gloo") if chosen == "nccl" else None
     _CONTEXT = Context(rank, local_rank, world_size, dev)
     return _CONTEXT
 
 
 def cleanup() -> None:
-    global _CONTEXT
+    global _CONTEXT, _CONTROL
     if dist.is_initialized():
         dist.destroy_process_group()
-    _CONTEXT = Context()
+    _CONTEXT, _CONTROL = Context(), None
 
 
 def context() -> Context:
@@ -106,6 +109,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(tensor) / world_size()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on at least one: a MAX all-reduce of one integer on the CPU.
+
+    Every rank must call it at the same point of the loop (it is a collective). With NCCL it
+    goes through a gloo group, so no GPU stream is waited for.
+    """
+    if not is_distributed():
+        return flag
+    box = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX, group=_CONTROL)
+    return bool(box[0])
 
 
 def barrier() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from xecmae.config import RunConfig
 from xecmae.errors import UserError
 from xecmae.runtime import large_blocks_from_heap
 from xecmae.train import distributed as dist
+from xecmae.train.accelerator import accelerator_settings, distributed_model
 from xecmae.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xecmae.train.ema import EMA
 from xecmae.train.initialize import checkpoint_kind
@@ -33,6 +34,9 @@ from xecmae.train.loop import Objective, Throughput, Trainer
 from xecmae.train.metrics import MetricSums
 from xecmae.train.optim import make_optimizer, make_scheduler
 from xecmae.train.tracking import Tracker, flatten
+
+if TYPE_CHECKING:
+    from xecmae.data.loaders import EpochLoader
 
 log = logging.getLogger(__name__)
 
@@ -171,30 +175,36 @@ def build_trainer(cfg: RunConfig, spec: RunSpec, device: torch.device, total_ste
     ema = EMA(raw, t.ema_decay) if t.ema_decay is not None else None  # starts from the loaded weights
     model: nn.Module = raw
     if dist.is_distributed():
-        model = torch.nn.parallel.DistributedDataParallel(
-            raw, device_ids=[device.index] if device.type == "cuda" else None)
+        model = distributed_model(raw, device)
     if t.compile != "none":
         model = torch.compile(model, mode=None if t.compile == "default" else t.compile)
     trainer = Trainer(model, raw, optimizer, scheduler, ema, spec.objective, seed=t.seed,
-                      grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip, amp=t.amp, device=device,
-                      max_bad_steps=t.max_bad_steps)
+                      grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip, amp=t.amp, cpu_amp=t.cpu_amp,
+                      device=device, max_bad_steps=t.max_bad_steps)
     if resumed is not None:
         restore(cfg, trainer, resumed, path)
     return trainer
 
 
-def train_batches_per_epoch(cfg: RunConfig, truth: bool) -> int:
-    from xecmae.data.stream import make_stream
+def run_loaders(cfg: RunConfig, truth: bool, has_val: bool) -> tuple[EpochLoader, EpochLoader | None]:
+    """The training and validation loaders, each planned once for the whole run."""
+    from xecmae.data.loaders import EpochLoader
 
-    n = len(make_stream(cfg, "train", dist.rank(), dist.world_size(), truth=truth))
-    if n == 0:
+    train = EpochLoader(cfg, "train", dist.rank(), dist.world_size(), truth=truth)
+    if len(train) == 0:
         raise UserError(f"data.train_path yields no full batch of {cfg.data.batch_size} per rank and worker: "
                         "lower data.batch_size or data.num_workers, or add events")
-    return n
+    val = EpochLoader(cfg, "val", dist.rank(), dist.world_size(), truth=truth, persistent=False) if has_val else None
+    return train, val
 
 
 class Interrupt:
-    """SIGTERM/SIGUSR1 (SLURM preemption or time limit) ask for a checkpoint at the next step."""
+    """SIGTERM/SIGUSR1 (SLURM preemption or time limit) ask for a checkpoint at the next step.
+
+    A signal may reach one rank only (or the ranks at different steps): :meth:`stop_now` asks
+    every rank, so all of them stop after the same step instead of one waiting forever in the
+    next gradient all-reduce while another saves.
+    """
 
     def __init__(self):
         self.requested = False
@@ -205,6 +215,10 @@ class Interrupt:
     def _handle(self, signum, frame) -> None:
         self.requested = True
         log.warning("signal %d received: saving the last checkpoint at the next step", signum)
+
+    def stop_now(self) -> bool:
+        """Whether any rank has been signalled (a collective: every rank calls it after every optimizer step)."""
+        return dist.any_rank(self.requested)
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -217,7 +231,8 @@ def fit(cfg: RunConfig, spec: RunSpec) -> Path:
     if t.device == "cuda" and ctx.device.type != "cuda":
         raise UserError("training.device is cuda but no GPU is visible")
     try:
-        with large_blocks_from_heap(ctx.device.type == "cpu"):
+        with large_blocks_from_heap(ctx.device.type == "cpu"), \
+                accelerator_settings(ctx.device, amp=t.amp, deterministic=t.deterministic):
             return _fit(cfg, spec, ctx.device)
     finally:
         dist.cleanup()
@@ -226,12 +241,13 @@ def fit(cfg: RunConfig, spec: RunSpec) -> Path:
 def _fit(cfg: RunConfig, spec: RunSpec, device: torch.device) -> Path:
     t = cfg.training
     run_dir = Path(dist.broadcast_object(str(run_directory(cfg, spec.kind)) if dist.is_main() else None))
-    batches = train_batches_per_epoch(cfg, spec.truth)
+    has_val = cfg.data.val_path not in (None, "", [])
+    loaders = run_loaders(cfg, spec.truth, has_val)
+    batches = len(loaders[0])
     steps = batches // t.grad_accum_steps
     if steps == 0:
         raise UserError(f"training.grad_accum_steps {t.grad_accum_steps} exceeds the {batches} batches per epoch")
     trainer = build_trainer(cfg, spec, device, steps * t.epochs)
-    has_val = cfg.data.val_path not in (None, "", [])
     main = dist.is_main()
     tracker = Tracker(run_dir, cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.enabled and main)
     if main:
@@ -255,7 +271,7 @@ def _fit(cfg: RunConfig, spec: RunSpec, device: torch.device) -> Path:
     interrupt = Interrupt()
     status = "FAILED"
     try:
-        stopped = _epochs(cfg, spec, trainer, tracker, run_dir, batches, has_val, interrupt)
+        stopped = _epochs(cfg, spec, trainer, tracker, run_dir, loaders, interrupt)
         status = "KILLED" if stopped else "FINISHED"
     finally:
         if main:
@@ -265,16 +281,16 @@ def _fit(cfg: RunConfig, spec: RunSpec, device: torch.device) -> Path:
     return run_dir
 
 
-def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, run_dir: Path, batches: int,
-            has_val: bool, interrupt: Interrupt) -> bool:
+def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, run_dir: Path,
+            loaders: tuple[EpochLoader, EpochLoader | None], interrupt: Interrupt) -> bool:
     """Train the remaining epochs; True if stopped early (max_steps or a signal)."""
-    from xecmae.data.stream import make_loader
-
     t, ck = cfg.training, cfg.checkpoint
     state = trainer.state
     main = dist.is_main()
+    train_loader, val_loader = loaders
+    batches = len(train_loader)
     for epoch in range(state.epoch, t.epochs):
-        loader = make_loader(cfg, "train", dist.rank(), dist.world_size(), epoch, truth=spec.truth)
+        loader = train_loader.loader(epoch)
         sums, interval, throughput = MetricSums(), MetricSums(), Throughput()
         skip = state.epoch_batches
         bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not main,
@@ -300,13 +316,14 @@ def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, r
                                         | {"step/lr": trainer.scheduler.get_last_lr()[0]}, step=state.step)
             if stepped and ck.save_every_steps and state.step % ck.save_every_steps == 0 and main:
                 save_checkpoint(checkpoint_payload(cfg, spec, trainer), run_dir / spec.file("checkpoint_last"))
-            if stepped and ((t.max_steps and state.step >= t.max_steps) or interrupt.requested):
+            signalled = stepped and interrupt.stop_now()
+            if stepped and ((t.max_steps and state.step >= t.max_steps) or signalled):
                 bar.close()
                 if main:
                     save_checkpoint(checkpoint_payload(cfg, spec, trainer), run_dir / spec.file("checkpoint_last"))
                     log.info("stopped at step %d (%s); resume with --resume_from %s", state.step,
-                             "max_steps" if not interrupt.requested else "signal",
-                             run_dir / spec.file("checkpoint_last"))
+                             "signal" if signalled else "max_steps", run_dir / spec.file("checkpoint_last"))
+                dist.barrier()  # no rank leaves before the checkpoint is written
                 return True
         bar.close()
         trainer.check_health()
@@ -314,24 +331,22 @@ def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, r
         sums.reduce()
         train_metrics = sums.compute()
         state.epoch, state.epoch_batches = epoch + 1, 0
-        _end_of_epoch(cfg, spec, trainer, tracker, run_dir, train_metrics, rate, has_val)
+        _end_of_epoch(cfg, spec, trainer, tracker, run_dir, train_metrics, rate, val_loader)
     return False
 
 
 def _end_of_epoch(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, run_dir: Path,
-                  train_metrics: dict[str, float], rate: float, has_val: bool) -> None:
-    from xecmae.data.stream import make_loader
-
+                  train_metrics: dict[str, float], rate: float, val_loader: EpochLoader | None) -> None:
     t, ck = cfg.training, cfg.checkpoint
+    has_val = val_loader is not None
     state, epoch = trainer.state, trainer.state.epoch
     last = epoch == t.epochs
     report = spec.make_report(cfg, run_dir, epoch, last) if (spec.make_report and has_val) else None
     val_metrics: dict[str, float] = {}
     started = time.perf_counter()
     if has_val:
-        loader = make_loader(cfg, "val", dist.rank(), dist.world_size(), epoch, truth=spec.truth)
         try:
-            val_metrics = trainer.evaluate(loader, on_batch=report.on_batch if report else None)
+            val_metrics = trainer.evaluate(val_loader.loader(epoch), on_batch=report.on_batch if report else None)
             if report:
                 val_metrics |= report.finish()
         except BaseException:

@@ -45,7 +45,7 @@ class RegressionObjective:
                  generator: torch.Generator, autocast: Callable, training: bool) -> tuple[torch.Tensor, Stats, Any]:
         with autocast():
             pred = model(batch["x"], batch["valid"])  # {task: (B, size)}
-        events = batch["x"].new_tensor(float(len(batch["x"])))
+        events = batch["x"].new_full((), float(len(batch["x"])))  # filled on the device, no host copy
         total = events.new_zeros(())
         stats: Stats = {}
         targets = {}

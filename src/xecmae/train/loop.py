@@ -72,7 +72,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, raw_model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler, ema: EMA | None, objective: Objective, *, seed: int, grad_accum_steps: int = 1,
-                 grad_clip: float = 0.0, amp: bool = False, device: torch.device = dist.CPU,
+                 grad_clip: float = 0.0, amp: bool = False, cpu_amp: bool = False, device: torch.device = dist.CPU,
                  max_bad_steps: int = 5, state: TrainState | None = None):
         self.model = model  # what the step calls: maybe DDP-wrapped and/or compiled
         self.raw = raw_model  # the plain module
@@ -84,7 +84,7 @@ class Trainer:
         self.accum = grad_accum_steps
         self.grad_clip = grad_clip
         self.device = device
-        self.amp = amp and device.type == "cuda"
+        self.amp = amp and (device.type == "cuda" or cpu_amp)  # bf16 autocast
         self.max_bad_steps = max_bad_steps
         self.state = state or TrainState()
         self.generator = torch.Generator(device=device)

@@ -114,12 +114,14 @@ def mae_loss(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidden: t
     face_channel = per_face_sum(w * loss) / per_face_sum(w).clamp_min(1e-12)  # (6, C) weighted means
     channel_loss = face_channel.sum(dim=0)  # (C,) summed over faces
     if channel_log_var is None:
-        channel_weight = pred.new_tensor([settings.npho_weight, settings.time_weight][:channels])
-        total = (channel_weight * channel_loss).sum()
+        weights = (settings.npho_weight, settings.time_weight)[:channels]  # Python numbers: no host-device copy
+        total = channel_loss[0] * weights[0]
+        for c in range(1, channels):
+            total = total + channel_loss[c] * weights[c]
     else:  # homoscedastic: 1 / (2 sigma^2) L + log sigma, sigma^2 = exp(log_var), once per channel
         total = (0.5 * torch.exp(-channel_log_var) * channel_loss + 0.5 * channel_log_var).sum()
 
-    events = pred.new_tensor(float(pred.shape[0]))
+    events = pred.new_full((), float(pred.shape[0]))  # filled on the device
     maskable = valid[..., 0]
     stats: Stats = {
         "total_loss": (total.detach() * events, events),
