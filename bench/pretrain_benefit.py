@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from xecmae.config import RegressorConfig, validate
-from xecmae.data.simulate import EventGenerator, write_root
+from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import load_checkpoint
 from xecmae.train.finetune import finetune
 from xecmae.train.pretrain import pretrain

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xecmae.data.simulate import EventGenerator, empty_events, write_root
+from xecmae.simulate import EventGenerator, empty_events, write_root
 
 
 def _generate(gen: EventGenerator, events: int, chunk: int, workers: int) -> tuple[float, float]:

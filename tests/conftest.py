@@ -33,7 +33,7 @@ def reference_directions() -> np.ndarray:
 @pytest.fixture(scope="session")
 def sim_data(tmp_path_factory) -> dict[str, str]:
     """Small simulated ROOT inputs shared by the training tests: 2 train files of 96 events, 1 val file."""
-    from xecmae.data.simulate import EventGenerator, write_root
+    from xecmae.simulate import EventGenerator, write_root
 
     root = tmp_path_factory.mktemp("sim")
     write_root(root / "train.root", 192, EventGenerator(seed=11), files=2, progress=False)
