@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from xecmae.config import validate
-from xecmae.simulate import EventGenerator
 from xecmae.models import build_mae
 from xecmae.runtime import large_blocks_from_heap
+from xecmae.simulate import EventGenerator
 from xecmae.train.losses import LossSettings, mae_loss
 from xecmae.train.optim import make_optimizer
 

@@ -8,8 +8,8 @@ import torch
 import uproot
 
 from xecmae import geometry as geo
-from xecmae.cli import main as cli_main
 from xecmae import simulate as sim
+from xecmae.cli import main as cli_main
 from xecmae.errors import UserError
 
 N_EVENTS = 384

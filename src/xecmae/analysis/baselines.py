@@ -52,6 +52,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
 import torch
 
 from xecmae.detector.light import (

@@ -123,7 +123,7 @@ class EventGenerator:
                                    dtype=torch.float32) if spec.has("angular") else None)
         self._scattering = spec.scattering_length if spec.has("scattering") else None
         self._absorption = spec.absorption_length if spec.has("absorption") else None
-        mu = (1.0 / self._scattering if self._scattering else 0.0) + (1.0 / self._absorption if self._absorption else 0.0)
+        mu = sum(1.0 / length for length in (self._scattering, self._absorption) if length is not None)
         self._direct_optics = Optics(1.0 / mu if mu > 0 else None, acceptance)
         self._scattered_optics = Optics(self._absorption, acceptance)
 
@@ -262,8 +262,8 @@ class EventGenerator:
         present = rng.random(n) < spec.pileup_probability
         offset = rng.uniform(-spec.pileup_window, spec.pileup_window, n)
         t_conv = np.linalg.norm(kin["first"] - kin["vertex"], axis=1) / C_LIGHT + offset
-        return {"pos": _f32(deposits - FRAME_ORIGIN), "weight": _f32(energy * present[:, None] * (0.5 * PHOTONS_PER_MEV)),
-                "t_conv_ns": _f32(t_conv)}
+        weight = energy * present[:, None] * (0.5 * PHOTONS_PER_MEV)
+        return {"pos": _f32(deposits - FRAME_ORIGIN), "weight": _f32(weight), "t_conv_ns": _f32(t_conv)}
 
     def _light(self, kin: dict, ev: slice):
         """(photons, t_opt, scattered, pileup) of the events ``ev`` of a block: (B, S) tensors (the
