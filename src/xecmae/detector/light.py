@@ -42,6 +42,7 @@ PHOTONS_PER_MEV = 40_000.0
 XENON_INDEX = 1.69  # refractive index for interface optics at 178 nm
 SILICON_INDEX = 0.8 + 2.2j  # MPPC surface at 178 nm
 QUARTZ_INDEX = 1.60  # PMT window at 178 nm
+N_MPPC = 4092  # ids 0..4091 are the inner face's MPPCs, 4092..4759 PMTs
 ACCEPTANCE_GRID = 1024  # cos(incidence) steps of the acceptance tables
 FRAME_ORIGIN = np.array([-85.0, 0.0, 0.0])  # near the detector's centre; keeps float32 d^2 accurate
 DTYPE = torch.float64
@@ -161,7 +162,6 @@ class FastSensorTables:
     d2_rhs: torch.Tensor  # (5, S): [p, |p|^2, 1] @ d2_rhs = |s - p|^2
     dn_rhs: torch.Tensor  # (4, S): [p, 1] @ dn_rhs = (p - s) . n
     disc_a2: torch.Tensor  # (S,) equivalent disc radius squared, cm^2
-    acceptance_offset: torch.Tensor  # (S,) int64: 0 for an MPPC, GRID + 1 for a PMT (row of the table)
 
 
 @cache
@@ -171,21 +171,51 @@ def fast_sensor_tables() -> FastSensorTables:
     d2_rhs = np.concatenate([-2 * s, np.ones((len(s), 1)), (s * s).sum(1, keepdims=True)], 1).T
     dn_rhs = np.concatenate([n, -(s * n).sum(1, keepdims=True)], 1).T
     f32 = lambda a: torch.tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
-    offset = torch.from_numpy(np.where(geo.is_mppc(), 0, ACCEPTANCE_GRID + 1).astype(np.int64))
-    return FastSensorTables(f32(d2_rhs), f32(dn_rhs), f32(geo.sensor_area() / np.pi), offset)
+    mppc = geo.is_mppc()
+    assert mppc[:N_MPPC].all() and not mppc[N_MPPC:].any(), "the MPPCs are expected to be ids 0..4091"
+    return FastSensorTables(f32(d2_rhs), f32(dn_rhs), f32(geo.sensor_area() / np.pi))
+
+
+MPPC_POLY_DEGREE = 3  # the generator's MPPC acceptance: a polynomial fit to the table (max error 0.55%)
+
+
+@cache
+def mppc_acceptance_polynomial(xenon_index: float = XENON_INDEX) -> tuple[float, ...]:
+    """Coefficients (highest power first) of the MPPC relative acceptance as a polynomial in cos."""
+    grid = np.arange(ACCEPTANCE_GRID + 1) / ACCEPTANCE_GRID
+    table = acceptance_table(xenon_index)[0]
+    return tuple(float(c) for c in np.polyfit(grid, table, MPPC_POLY_DEGREE))
 
 
 @dataclass(frozen=True)
 class Optics:
-    """What the light meets on its way beyond the ideal model (None or False = not at all).
+    """What the light meets on its way beyond the ideal model.
 
-    ``extinction_length`` (cm): direct light is removed by ``exp(-d / length)`` (scattering
-    and absorption together); ``acceptance``: a flattened acceptance table (see
-    :func:`acceptance_table`) applied by cos(incidence), nearest grid point.
+    ``extinction_length`` (cm, None = none): direct light is removed by ``exp(-d / length)``
+    (scattering and absorption together). ``pmt_table`` (GRID + 1,) float32 and ``mppc_poly``:
+    the sensors' relative angular acceptance (None / () = none). ``exact``: the first ``exact``
+    deposits get the optics at their own position; the others (a compact shower) share the
+    factor of their energy-weighted centroid, which saves the per-deposit cost (the factor is
+    smooth in position; the error is second order in the deposits' spread). None = all exact.
     """
 
     extinction_length: float | None = None
-    acceptance: torch.Tensor | None = None
+    pmt_table: torch.Tensor | None = None
+    mppc_poly: tuple[float, ...] = ()
+    exact: int | None = None
+
+    @property
+    def is_ideal(self) -> bool:
+        return self.extinction_length is None and self.pmt_table is None
+
+
+def make_optics(extinction_length: float | None, angular: bool, xenon_index: float = XENON_INDEX,
+                window_index: float = QUARTZ_INDEX, exact: int | None = None) -> Optics:
+    """:class:`Optics` for an extinction length (cm) and, with ``angular``, the sensors' acceptance."""
+    if not angular:
+        return Optics(extinction_length, None, (), exact)
+    pmt = torch.tensor(acceptance_table(xenon_index, window_index)[1], dtype=torch.float32)
+    return Optics(extinction_length, pmt, mppc_acceptance_polynomial(xenon_index), exact)
 
 
 def deposit_light(pos: torch.Tensor, weight: torch.Tensor, t_conv: torch.Tensor | None,
@@ -200,17 +230,18 @@ def deposit_light(pos: torch.Tensor, weight: torch.Tensor, t_conv: torch.Tensor 
     """
     tab = fast_sensor_tables()
     b, k = weight.shape
-    ideal = optics is None or (optics.extinction_length is None and optics.acceptance is None)
+    ideal = optics is None or optics.is_ideal
+    exact = 0 if ideal else (k if optics.exact is None else min(optics.exact, k))
     ones = torch.ones(b, k, 1)
     lhs_d2 = torch.cat([pos, (pos * pos).sum(2, keepdim=True), ones], 2).transpose(0, 1).contiguous()  # (K, B, 5)
     lhs_dn = torch.cat([pos, ones], 2)
-    if ideal:
-        lhs_dn.mul_(weight.unsqueeze(2))
+    lhs_dn[:, exact:].mul_(weight[:, exact:].unsqueeze(2))  # the exact deposits are weighted after the optics
     lhs_dn = lhs_dn.transpose(0, 1).contiguous()  # (K, B, 4)
-    weight_k = weight.t().contiguous().unsqueeze(2)  # (K, B, 1)
     photons = torch.empty(b, geo.N_SENSORS)
+    group = torch.zeros(b, geo.N_SENSORS) if exact and exact < k else photons
     t_opt = torch.empty(b, geo.N_SENSORS) if t_conv is not None else None
     d2, dn, inv_d = (torch.empty(b, geo.N_SENSORS) for _ in range(3))
+    factor, work = (torch.empty(b, geo.N_SENSORS), torch.empty(b, geo.N_SENSORS)) if exact else (None, None)
     for j in range(k):
         torch.mm(lhs_d2[j], tab.d2_rhs, out=d2)  # |p - s|^2, cm^2
         torch.mm(lhs_dn[j], tab.dn_rhs, out=dn)  # (weight *) (p - s).n, > 0 in front of the sensor
@@ -219,27 +250,45 @@ def deposit_light(pos: torch.Tensor, weight: torch.Tensor, t_conv: torch.Tensor 
             torch.mul(d2, inv_d, out=t_opt).mul_(1.0 / OPTICAL_SPEED).add_(t_conv[:, None])  # ns
         if attenuation_length is not None:
             dn.mul_(torch.exp(-(d2 * inv_d) / attenuation_length))
-        if not ideal:
-            _apply_optics(optics, dn, d2, inv_d, tab)
-            dn.mul_(weight_k[j])
+        if j < exact:
+            dn.mul_(optics_factor(optics, dn, d2, inv_d, factor, work)).mul_(weight[:, j:j + 1])
         # 1/d - 1/sqrt(d^2 + a^2) from the same d^2, so rounding errors cancel far away
         omega = inv_d.sub_(d2.add_(tab.disc_a2).rsqrt_()).mul_(dn.clamp_min_(0.0))  # weight * 2 Omega / 4 pi
-        if j == 0:
-            photons.copy_(omega)
+        into = photons if j < exact or group is photons else group
+        if j == 0 or (into is group and j == exact):
+            into.copy_(omega)
         else:
-            photons.add_(omega)
+            into.add_(omega)
+    if group is not photons:  # the shower's deposits share the optics of their centroid
+        w = weight[:, exact:]
+        centroid = (pos[:, exact:] * w.unsqueeze(2)).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-30)
+        c_lhs = torch.cat([centroid, (centroid * centroid).sum(1, keepdim=True), torch.ones(b, 1)], 1)
+        torch.mm(c_lhs, tab.d2_rhs, out=d2)
+        torch.mm(torch.cat([centroid, torch.ones(b, 1)], 1), tab.dn_rhs, out=dn)
+        torch.rsqrt(d2.clamp_min_(1e-2), out=inv_d)
+        photons.add_(group.mul_(optics_factor(optics, dn.abs_(), d2, inv_d, factor, work)))
     return photons, t_opt
 
 
-def _apply_optics(optics: Optics, dn: torch.Tensor, d2: torch.Tensor, inv_d: torch.Tensor,
-                  tab: FastSensorTables) -> None:
-    """Multiply ``dn`` = d cos(incidence) (B, S) in place by the acceptance and the extinction."""
-    if optics.acceptance is not None:
-        cos = (dn * inv_d).clamp_(0.0, 1.0)
-        index = cos.mul_(ACCEPTANCE_GRID).add_(0.5).long().add_(tab.acceptance_offset)
-        dn.mul_(optics.acceptance.take(index))
+def optics_factor(optics: Optics, dn: torch.Tensor, d2: torch.Tensor, inv_d: torch.Tensor, out: torch.Tensor,
+                  work: torch.Tensor) -> torch.Tensor:
+    """Acceptance times extinction for ``dn`` = d cos(incidence), ``d2`` = d^2, ``inv_d`` = 1 / d,
+    all (B, S), into ``out``; ``work`` is scratch of the same shape (no fresh memory in the hot path)."""
+    factor = torch.mul(dn, inv_d, out=out).clamp_(0.0, 1.0)  # cos(incidence)
+    if optics.pmt_table is not None:
+        cos_pmt = factor[:, N_MPPC:]
+        cos_pmt.copy_(optics.pmt_table.take(cos_pmt.mul(ACCEPTANCE_GRID).add_(0.5).long()))
+        cos, value = factor[:, :N_MPPC], work[:, :N_MPPC]
+        coeffs = optics.mppc_poly
+        torch.mul(cos, coeffs[0], out=value).add_(coeffs[1])
+        for c in coeffs[2:]:
+            value.mul_(cos).add_(c)
+        cos.copy_(value)
+    else:
+        factor.fill_(1.0)
     if optics.extinction_length is not None:
-        dn.mul_((d2 * inv_d).mul_(-1.0 / optics.extinction_length).exp_())
+        factor.mul_(torch.mul(d2, inv_d, out=work).mul_(-1.0 / optics.extinction_length).exp_())
+    return factor
 
 
 def expected_photons(points: np.ndarray, energy_mev: np.ndarray, attenuation_length: float | None = None,

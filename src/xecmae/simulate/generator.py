@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from xecmae import geometry as geo
-from xecmae.detector.light import FRAME_ORIGIN, PHOTONS_PER_MEV, Optics, acceptance_table, deposit_light
+from xecmae.detector.light import FRAME_ORIGIN, PHOTONS_PER_MEV, deposit_light, make_optics
 from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import clustered_dead_mask, dead_mask_from_ids, random_dead_mask
 from xecmae.simulate.kinematics import C_LIGHT, first_interaction, parse_spectrum
@@ -38,7 +38,7 @@ from xecmae.simulate.transport import scatter_points
 BLOCK_EVENTS = 128  # events whose kinematics come from one seed
 SUB_EVENTS = 64  # events simulated together, with their own seed
 _SEED_TAG_EVENTS, _SEED_TAG_SENSORS = 0x5EC, 0x5E5
-_SEED_TAG_SHOWER, _SEED_TAG_TRANSPORT, _SEED_TAG_PILEUP, _SEED_TAG_EXCESS = 0x5A0, 0x5A1, 0x5A2, 0x5A3
+_SEED_TAG_SHOWER, _SEED_TAG_TRANSPORT, _SEED_TAG_PILEUP = 0x5A0, 0x5A1, 0x5A2
 PILEUP_SPECTRUM = "background"
 
 BRANCHES: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
@@ -119,13 +119,13 @@ class EventGenerator:
         self.response = (realistic_response(self.seed, self.run, spec.has("gains"), spec.efficiency_spread,
                                             spec.gain_spread, excess)
                          if spec.has("gains") or excess is not None else ideal_response())
-        acceptance = (torch.tensor(acceptance_table(spec.xenon_index, spec.pmt_window_index).ravel(),
-                                   dtype=torch.float32) if spec.has("angular") else None)
         self._scattering = spec.scattering_length if spec.has("scattering") else None
         self._absorption = spec.absorption_length if spec.has("absorption") else None
         mu = sum(1.0 / length for length in (self._scattering, self._absorption) if length is not None)
-        self._direct_optics = Optics(1.0 / mu if mu > 0 else None, acceptance)
-        self._scattered_optics = Optics(self._absorption, acceptance)
+        angular = spec.has("angular"), spec.xenon_index, spec.pmt_window_index
+        # the pair's deposit (first) gets the optics at its own position, the shower's share their centroid's
+        self._direct_optics = make_optics(1.0 / mu if mu > 0 else None, *angular, exact=1)
+        self._scattered_optics = make_optics(self._absorption, *angular)
 
     def __repr__(self) -> str:
         return (f"EventGenerator(spectrum={self.spectrum.name!r}, seed={self.seed}, run={self.run}, "
@@ -294,14 +294,11 @@ class EventGenerator:
         ev = slice(first, first + SUB_EVENTS)
         rng = self._seeds(_SEED_TAG_SENSORS, block, first)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        noise_gen = None
-        if self.response.excess_noise is not None:
-            noise_gen = torch.Generator().manual_seed(int(self._seeds(_SEED_TAG_EXCESS, block, first).integers(2**62)))
         whole = src == slice(0, SUB_EVENTS)
         npho = torch.from_numpy(out["npho"][dst]) if whole else torch.empty(SUB_EVENTS, geo.N_SENSORS)
         rel = torch.from_numpy(out["relative_time"][dst]) if whole else torch.empty(SUB_EVENTS, geo.N_SENSORS)
         photons, t_opt, _, _ = self._light(kin, ev)
-        t_ref = detect(photons, t_opt, rng, gen, npho, rel, self._dead_ids, self.response, noise_gen)
+        t_ref = detect(photons, t_opt, rng, gen, npho, rel, self._dead_ids, self.response)
         if not whole:
             out["npho"][dst] = npho[src].numpy()
             out["relative_time"][dst] = rel[src].numpy()

@@ -11,9 +11,9 @@ measured from the earliest sensor with more than 50 photoelectrons.
 Realistic (components of :mod:`xecmae.simulate.spec`): ``gains`` multiplies each channel's PDE
 by a fixed efficiency factor and its charge by a fixed gain factor (both ~ N(1, spread), clipped
 at 3 sigma, drawn once per (seed, run)): the analysis still converts with the nominal PDE, as
-a real calibration would, so npho is off by the product. ``excess_noise`` F adds
-N(0, (F - 1) nphe) to the charge's photoelectrons (crosstalk and afterpulsing widen the
-variance to F nphe; their mean gain is calibrated away); the time still counts the Poisson
+a real calibration would, so npho is off by the product. ``excess_noise`` F widens the
+charge's photoelectron variance from nphe to F nphe (crosstalk and afterpulsing; their mean
+gain is calibrated away), drawn together with the baseline noise as one Gaussian; the time still counts the Poisson
 photoelectrons.
 """
 
@@ -82,24 +82,24 @@ def realistic_response(seed: int, run: int, gains: bool, efficiency_spread: floa
 
 
 def detect(photons: torch.Tensor, t_opt: torch.Tensor, rng: np.random.Generator, gen: torch.Generator,
-           npho: torch.Tensor, rel: torch.Tensor, dead: torch.Tensor, response: SensorResponse,
-           noise_gen: torch.Generator | None = None) -> torch.Tensor:
+           npho: torch.Tensor, rel: torch.Tensor, dead: torch.Tensor, response: SensorResponse) -> torch.Tensor:
     """Photon statistics, noise and timing of (B, S) expected photons (overwritten); fills ``npho``
     (photons) and ``rel`` (relative_time, seconds) and returns the reference time (B,) in ns.
 
-    ``dead`` holds the ids of dead sensors; ``noise_gen`` draws the excess noise (its own stream,
-    so that switching it leaves every other draw alone).
+    ``dead`` holds the ids of dead sensors. With an excess noise factor F the baseline noise and
+    the excess are one Gaussian of variance ``6^2 + (F - 1) nphe charge^2`` (photons^2).
     """
     b, s = photons.shape
     uv = torch.from_numpy(rng.random((2, b, s), dtype=np.float32))
     nphe, fresh = sample_poisson(photons.mul_(response.pde), uv[0], uv[1], gen)
-    noise = torch.empty(b, s).normal_(0.0, NOISE_PHOTONS, generator=gen)
     if response.excess_noise is None:
+        noise = torch.empty(b, s).normal_(0.0, NOISE_PHOTONS, generator=gen)
         torch.addcmul(noise, nphe, response.charge, out=npho)
-    else:
-        z = torch.empty(b, s).normal_(generator=noise_gen)
-        charge = torch.addcmul(nphe, nphe.mul(response.excess_noise - 1.0).sqrt_(), z)
-        torch.addcmul(noise, charge, response.charge, out=npho)
+    else:  # one normal draw for both: baseline noise^2 + (F - 1) nphe charge^2
+        noise = torch.empty(b, s).normal_(generator=gen)
+        sigma = torch.mul(nphe, response.charge * response.charge * (response.excess_noise - 1.0))
+        noise.mul_(sigma.add_(NOISE_PHOTONS**2).sqrt_())
+        torch.addcmul(noise, nphe, response.charge, out=npho)
     # a sensor without photoelectrons reports noise, uniform in the window after the reference
     torch.mul(fresh, NOISE_TIME_WINDOW * 1e-9, out=rel)
     lit = nphe > 0

@@ -7,7 +7,7 @@ the direction with a Gaussian lateral spread of 1.5 cm.
 
 Realistic (component ``shower``, parameters in :mod:`xecmae.simulate.spec`): the same pair
 deposit, then an event-by-event leaking fraction ``f ~ Exp(leakage_mean)`` of E lost (punch-
-through and soft photons escaping: the low tail of the energy response), up to three
+through and soft photons escaping: the low tail of the energy response), up to two
 bremsstrahlung satellites (Poisson(brems_mean), energies ~ Exp(brems_energy)) emitted early on
 the axis, tilted by ~0.15 rad, converting after ~ Exp(brems_path), and ``shower_deposits``
 deposits sharing the rest with Gamma(share_shape) weights, at depths ``X0 Gamma(a, 1/b)`` and
@@ -31,7 +31,7 @@ TRACK_ENERGY = 18.5  # MeV deposited by the pair's ionisation near the first int
 TRACK_MAX_FRACTION = 0.7
 SHOWER_DEPOSITS = 4
 N_DEPOSITS = 1 + SHOWER_DEPOSITS
-MAX_SATELLITES = 3
+MAX_SATELLITES = 2
 SATELLITE_TILT = 0.15  # rad, sigma of a satellite photon's angle to the shower axis
 MOLIERE_CONTAINMENT = 3.89  # r / r0 holding 90% of an exp(-r / r0) per-area profile: 1 - (1 + x) e^-x = 0.9
 MAX_LEAKAGE = 0.9

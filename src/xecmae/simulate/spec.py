@@ -26,7 +26,7 @@ parameter             value   source                                        lite
 ===================== ======= ============================================= =====================
 scattering_length     45      Rayleigh length measured in the MEG detector  30-50 cm
 absorption_length     300     "a metre or more after purification"          >= 100 cm
-scatter_rays          6       light paths sampled per event (numerics)      -
+scatter_rays          3       light paths sampled per event (numerics)      -
 xenon_index           1.69    LXe index for interface optics, 178 nm        1.61-1.69
 pmt_window_index      1.60    fused quartz at 178 nm                        1.57-1.62
 efficiency_spread     0.05    per-channel PDE miscalibration (sigma)        0.03-0.05
@@ -36,7 +36,7 @@ radiation_length      2.87    X0 of LXe (PDG: 8.48 g/cm^2 at 2.95 g/cm^3)    2.7
 moliere_radius        5.22    LXe Moliere radius (PDG)                      4.1-5.2 cm
 profile_shape         1.7     a of t^(a-1) e^(-b t), t in X0                1.4-2
 profile_rate          0.5     b of the same profile, 1/X0                   about 0.5
-shower_deposits       12      deposits beyond the first interaction         -
+shower_deposits       6       deposits beyond the first interaction         -
 share_shape           2.0     Gamma shape of the deposits' energy shares    - (effective)
 brems_mean            1.0     satellite photons per event (Poisson mean)    - (effective)
 brems_energy          3.0     mean satellite energy, exponential            "a few MeV"
@@ -74,7 +74,7 @@ class DetectorSpec:
     components: frozenset[str] = field(default_factory=lambda: frozenset(COMPONENTS) - DEFAULT_OFF)
     scattering_length: float = 45.0
     absorption_length: float = 300.0
-    scatter_rays: int = 6
+    scatter_rays: int = 3
     xenon_index: float = 1.69
     pmt_window_index: float = 1.60
     efficiency_spread: float = 0.05
@@ -84,7 +84,7 @@ class DetectorSpec:
     moliere_radius: float = 5.22
     profile_shape: float = 1.7
     profile_rate: float = 0.5
-    shower_deposits: int = 12
+    shower_deposits: int = 6
     share_shape: float = 2.0
     brems_mean: float = 1.0
     brems_energy: float = 3.0

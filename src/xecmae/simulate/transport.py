@@ -26,7 +26,7 @@ import numpy as np
 
 from xecmae.detector.light import in_xenon
 
-STEP = 1.0  # cm, the step of the search for the wall along a path
+STEP = 2.5  # cm, the step of the search for the wall along a path (L is known to +-1.25 cm)
 MAX_PATH = 140.0  # cm, longer than any chord of the volume
 
 
