@@ -109,7 +109,7 @@ def _mppc_fresnel_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MPPC acceptance values and slopes per grid step (float64), and the (S,) MPPC mask."""
     table = torch.tensor(acceptance_table()[0], dtype=DTYPE)
     slope = torch.diff(table, append=table[-1:]) * ACCEPTANCE_GRID
-    return table, slope, torch.from_numpy(geo.is_mppc())
+    return table, slope, torch.tensor(geo.is_mppc())
 
 
 def solid_angle_fraction(source, grad: bool = False, fresnel: bool = False):

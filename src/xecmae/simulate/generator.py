@@ -38,7 +38,7 @@ from xecmae.simulate.transport import scatter_points
 BLOCK_EVENTS = 128  # events whose kinematics come from one seed
 SUB_EVENTS = 64  # events simulated together, with their own seed
 _SEED_TAG_EVENTS, _SEED_TAG_SENSORS = 0x5EC, 0x5E5
-_SEED_TAG_SHOWER, _SEED_TAG_TRANSPORT, _SEED_TAG_PILEUP = 0x5A0, 0x5A1, 0x5A2
+_SEED_TAG_SHOWER, _SEED_TAG_PILEUP = 0x5A0, 0x5A2
 PILEUP_SPECTRUM = "background"
 
 BRANCHES: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
@@ -228,8 +228,8 @@ class EventGenerator:
                                                    direction, p)
         else:
             deposits, energy = ideal_shower(rng, kin["energy"], direction, p)
-        points, scattered, kin["budget"] = scatter_points(self._seeds(_SEED_TAG_TRANSPORT, block), deposits, energy,
-                                                          spec.scatter_rays, self._scattering, self._absorption)
+        points, scattered, kin["budget"] = scatter_points(deposits, energy, direction, spec.scatter_rays,
+                                                          self._scattering, self._absorption)
         kin["truth"] = {
             "energyTruth": (kin["energy"] * 1e-3).astype(np.float32),
             "uvwTruth": geo.xyz_to_uvw(p).astype(np.float32),

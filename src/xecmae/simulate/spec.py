@@ -10,7 +10,7 @@ component      what it does
 shower         many deposits with fluctuating shares, a Moliere lateral profile, bremsstrahlung
                satellites converting several cm away, an event-by-event leakage
 scattering     Rayleigh scattering: direct light removed by exp(-d / lambda_R), re-emitted
-               isotropically from scattering points sampled along each event's light paths
+               isotropically from scattering points of a fixed quadrature around the shower
 absorption     absorption of direct and scattered light, exp(-d / lambda_abs)
 angular        sensor angular acceptance: MPPC Fresnel (xenon -> silicon), PMT quartz window
 gains          per-channel efficiency and gain miscalibration, fixed per (seed, run)
@@ -26,7 +26,7 @@ parameter             value   source                                        lite
 ===================== ======= ============================================= =====================
 scattering_length     45      Rayleigh length measured in the MEG detector  30-50 cm
 absorption_length     300     "a metre or more after purification"          >= 100 cm
-scatter_rays          3       light paths sampled per event (numerics)      -
+scatter_rays          4       directions of the scattering quadrature       4 or 6 (numerics)
 xenon_index           1.69    LXe index for interface optics, 178 nm        1.61-1.69
 pmt_window_index      1.60    fused quartz at 178 nm                        1.57-1.62
 efficiency_spread     0.05    per-channel PDE miscalibration (sigma)        0.03-0.05
@@ -74,7 +74,7 @@ class DetectorSpec:
     components: frozenset[str] = field(default_factory=lambda: frozenset(COMPONENTS) - DEFAULT_OFF)
     scattering_length: float = 45.0
     absorption_length: float = 300.0
-    scatter_rays: int = 3
+    scatter_rays: int = 4
     xenon_index: float = 1.69
     pmt_window_index: float = 1.60
     efficiency_spread: float = 0.05
@@ -116,6 +116,8 @@ class DetectorSpec:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"detector parameter {key}={value!r}: must be a whole number >= 1")
+        if self.scatter_rays not in (4, 6):
+            raise UserError(f"detector parameter scatter_rays={self.scatter_rays!r}: must be 4 or 6")
         if not (math.isfinite(self.excess_noise) and self.excess_noise >= 1.0):
             raise UserError(f"detector parameter excess_noise={self.excess_noise!r}: must be >= 1")
         if not (math.isfinite(self.brems_mean) and self.brems_mean >= 0):
