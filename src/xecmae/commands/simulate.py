@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tree", default="tree", help="TTree name (default tree)")
     parser.add_argument("--attenuation-length", type=float, default=None,
                         help="light attenuation length in cm (default: none)")
-    parser.add_argument("--detector", default="realistic", choices=("realistic", "ideal"),
-                        help="detector response (default realistic)")
+    parser.add_argument("--detector", default="realistic", metavar="NAME",
+                        help="detector response: realistic (default) or ideal")
     parser.add_argument("--disable", default="", metavar="LIST",
                         help="comma-separated realistic components to switch off, e.g. scattering,gains")
     parser.add_argument("--enable", default="", metavar="LIST", help="components to switch on, e.g. pileup")
