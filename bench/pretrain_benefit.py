@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from xecmae.config import RegressorConfig, validate
-from xecmae.data.simulate import EventGenerator, write_root
+from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import load_checkpoint
 from xecmae.train.finetune import finetune
 from xecmae.train.pretrain import pretrain
@@ -46,7 +46,7 @@ def run_benchmark(args, work: Path) -> dict:
     sets = {}
     for name, events, seed in (("unlabelled", args.pretrain_events, 101), ("labelled", args.labelled, 202),
                                ("held_out", args.held_out, 303)):
-        generator = EventGenerator(args.spectrum, seed=seed)
+        generator = EventGenerator(args.spectrum, seed=seed, detector=args.detector)
         sets[name] = write_root(data / f"{name}.root", events, generator, progress=False)[0]
     unlabelled, labelled, held_out = sets["unlabelled"], sets["labelled"], sets["held_out"]
 
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--detector", default="realistic", choices=("realistic", "ideal"),
+                        help="detector response of the simulated events (default realistic)")
     parser.add_argument("--keep", default=None, help="work in this directory and keep it")
     args = parser.parse_args(argv)
     if args.quick:

@@ -17,6 +17,7 @@ photons), ``*_median_signed_rel_npho_error_*`` and, where predicted, ``*_time_rm
 the training budget actually used.
 
     python bench/reconstruction.py --quick                 # under a minute
+    python bench/reconstruction.py --detector ideal        # on the ideal detector response
     python bench/reconstruction.py                         # 3 minutes of training, one CPU thread
     python bench/reconstruction.py --steps 2000 --device cuda --events 40000 --threads 8
     python bench/reconstruction.py --checkpoint artifacts/RUN/mae_checkpoint_best.pth   # a model trained elsewhere
@@ -42,9 +43,9 @@ import torch
 from xecmae.analysis.analyze import analyze, face_table, format_table
 from xecmae.analysis.predictions import PredictionWriter
 from xecmae.config import validate
-from xecmae.data.simulate import EventGenerator, write_root
 from xecmae.data.stream import make_loader
 from xecmae.inference import load_inpainter
+from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import MAE_LAST, load_checkpoint
 from xecmae.train.pretrain import pretrain
 
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads (default 1: reproducible, and on a small busy machine faster than more)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--detector", default="realistic", choices=("realistic", "ideal"),
+                        help="detector response of the simulated events (default realistic)")
     parser.add_argument("--keep", default=None, help="keep the simulated files, run and prediction files here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -171,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         train_file, val_file = root / "train.root", root / "heldout.root"
         if args.checkpoint is None:
-            write_root(train_file, args.events, EventGenerator(seed=1000 + args.seed), progress=False)
-        write_root(val_file, args.eval_events, EventGenerator(seed=2000 + args.seed), progress=False)
+            write_root(train_file, args.events, EventGenerator(seed=1000 + args.seed, detector=args.detector),
+                       progress=False)
+        write_root(val_file, args.eval_events, EventGenerator(seed=2000 + args.seed, detector=args.detector),
+                   progress=False)
         simulate_s = time.perf_counter() - started
 
         cfg = make_config(args, str(train_file), str(val_file), root / "runs")
@@ -189,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfg.model_copy(update={"model": trained.model, "normalization": trained.normalization})
 
         result: dict[str, float | int | str] = {
-            "model_size": cfg.model.size, "parameters": sum(p.numel() for p in model.parameters()),
+            "detector": args.detector, "model_size": cfg.model.size,
+            "parameters": sum(p.numel() for p in model.parameters()),
             "checkpoint": str(checkpoint_path) if args.checkpoint else None, "device": str(device),
             "train_events": args.events if args.checkpoint is None else None, "eval_events": args.eval_events,
             "batch_size": args.batch_size, "torch_threads": args.threads, "train_steps": checkpoint["step"],

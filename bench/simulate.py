@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/simulate.py            # 20000 events, chunks of 512
     .venv/bin/python bench/simulate.py --quick    # 2048 events, a smoke test
+    .venv/bin/python bench/simulate.py --detector ideal   # the ideal detector response
 
 The last line printed is one JSON object: events/s for generation alone
 (``generate_events_per_s``, into a reused buffer) and for generation plus writing an
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xecmae.data.simulate import EventGenerator, empty_events, write_root
+from xecmae.simulate import EventGenerator, empty_events, write_root
 
 
 def _generate(gen: EventGenerator, events: int, chunk: int, workers: int) -> tuple[float, float]:
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--spectrum", default="signal")
     parser.add_argument("--compression", default="lz4")
+    parser.add_argument("--detector", default="realistic", choices=("realistic", "ideal"),
+                        help="detector response (default realistic)")
     parser.add_argument("--no-background", action="store_true", help="write in the generating thread")
     parser.add_argument("--workers", type=int, default=1, help="generator threads (default 1)")
     parser.add_argument("--dir", default=None, help="directory for the temporary ROOT file (default: system temp)")
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     repeat = 1 if args.quick else max(1, args.repeat)
     torch.set_num_threads(args.threads)
 
-    gen = EventGenerator(args.spectrum, seed=12345)
+    gen = EventGenerator(args.spectrum, seed=12345, detector=args.detector)
     gen_rates, write_rates, gen_cpu, write_cpu, size = [], [], [], [], 0
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for _ in range(repeat):
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             write_rates.append(rate)
             write_cpu.append(cpu_us)
     result = {
+        "detector": args.detector,
         "events": events,
         "chunk_events": args.chunk,
         "repeat": repeat,

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from xecmae.config import validate
-from xecmae.data.simulate import EventGenerator
 from xecmae.models import build_mae
 from xecmae.runtime import large_blocks_from_heap
+from xecmae.simulate import EventGenerator
 from xecmae.train.losses import LossSettings, mae_loss
 from xecmae.train.optim import make_optimizer
 
@@ -120,7 +120,7 @@ def model_flops_utilisation(step, seconds: float, amp: bool, batch: int, device_
 
 def epoch_benchmark(args) -> dict:
     """One epoch of the real training command over a simulated ROOT file."""
-    from xecmae.data.simulate import write_root
+    from xecmae.simulate import write_root
     from xecmae.train.checkpoint import load_checkpoint
     from xecmae.train.pretrain import pretrain
 

@@ -32,12 +32,15 @@ def reference_directions() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def sim_data(tmp_path_factory) -> dict[str, str]:
-    """Small simulated ROOT inputs shared by the training tests: 2 train files of 96 events, 1 val file."""
-    from xecmae.data.simulate import EventGenerator, write_root
+    """Small simulated ROOT inputs shared by the training tests: 2 train files of 96 events, 1 val file.
+
+    The ideal detector response: these tests check the training machinery, and their thresholds
+    (a tiny model beating a baseline after a few epochs) were set on it."""
+    from xecmae.simulate import EventGenerator, write_root
 
     root = tmp_path_factory.mktemp("sim")
-    write_root(root / "train.root", 192, EventGenerator(seed=11), files=2, progress=False)
-    write_root(root / "val.root", 64, EventGenerator(seed=12), progress=False)
+    write_root(root / "train.root", 192, EventGenerator(seed=11, detector="ideal"), files=2, progress=False)
+    write_root(root / "val.root", 64, EventGenerator(seed=12, detector="ideal"), progress=False)
     return {"train": str(root / "train_*.root"), "val": str(root / "val.root"), "dir": str(root)}
 
 

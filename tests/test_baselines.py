@@ -8,8 +8,8 @@ import torch
 
 from xecmae import geometry as geo
 from xecmae.analysis import baselines as bl
-from xecmae.data.simulate import OPTICAL_SPEED, expected_photons
 from xecmae.neighbours import apply_weights
+from xecmae.simulate import OPTICAL_SPEED, expected_photons
 
 FACES = geo.face_of_sensor()
 

@@ -322,7 +322,7 @@ def test_make_loader_train_and_val(files):
 
 
 def test_sim_source_streams_like_root_files():
-    """Runs against xecmae.data.simulate: sim:// chunks are handled like ROOT chunks."""
+    """Runs against xecmae.simulate: sim:// chunks are handled like ROOT chunks."""
     url = "sim://signal?seed=3&events=96"
     seen = []
     for rank in range(2):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-from xecmae.data.simulate import EventGenerator, write_root
+from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import load_checkpoint
 from xecmae.train.pretrain import pretrain
 

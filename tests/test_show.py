@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from xecmae import simulate as sim
 from xecmae.cli import main as cli_main
-from xecmae.data import simulate as sim
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,22 @@ import torch
 import uproot
 
 from xecmae import geometry as geo
+from xecmae import simulate as sim
 from xecmae.cli import main as cli_main
-from xecmae.data import simulate as sim
 from xecmae.errors import UserError
 
 N_EVENTS = 384
 MPPC_PITCH_CM = 1.5
 
 
+def ideal_generator(*args, **kwargs) -> sim.EventGenerator:
+    """The generator with the ideal detector, whose physics these tests pin down."""
+    return sim.EventGenerator(*args, detector="ideal", **kwargs)
+
+
 @pytest.fixture(scope="module")
 def signal() -> tuple[sim.EventGenerator, dict[str, np.ndarray]]:
-    gen = sim.EventGenerator("signal", seed=11)
+    gen = ideal_generator("signal", seed=11)
     return gen, gen.generate(N_EVENTS)
 
 
@@ -141,7 +146,7 @@ def test_relative_time_is_measured_from_the_earliest_bright_sensor(signal):
 
 def test_very_dim_events_still_get_a_time_reference():
     # at 1-1.5 MeV hardly any sensor passes 50 photoelectrons: the reference falls back to any lit one
-    gen = sim.EventGenerator("flat:1:1.5", seed=3)
+    gen = ideal_generator("flat:1:1.5", seed=3)
     events = gen.generate(32)
     time = events["relative_time"][:, ~gen.dead]
     assert np.all(np.isfinite(time)) and np.all(np.abs(time) < 1e-6)
@@ -159,20 +164,20 @@ def test_dead_channels_carry_1e10_in_both_branches(signal):
     faces = np.bincount(geo.face_of_sensor()[gen.dead], minlength=6) / np.bincount(geo.face_of_sensor())
     assert faces[0] < 0.01 and faces[4:].mean() > 0.03, f"dead fraction per face {faces.round(3)}"
     # fixed per seed and run, not per event or epoch
-    assert np.array_equal(sim.EventGenerator(seed=11, epoch=3).dead, gen.dead)
-    assert not np.array_equal(sim.EventGenerator(seed=12).dead, gen.dead)
-    assert not np.array_equal(sim.EventGenerator(seed=11, run=2).dead, gen.dead)
+    assert np.array_equal(ideal_generator(seed=11, epoch=3).dead, gen.dead)
+    assert not np.array_equal(ideal_generator(seed=12).dead, gen.dead)
+    assert not np.array_equal(ideal_generator(seed=11, run=2).dead, gen.dead)
 
 
 def test_dead_map_sets_exactly_the_listed_channels(tmp_path):
     path = tmp_path / "dead.txt"
     path.write_text("# dead channels\n5, 17\n4600  4759\n")
-    gen = sim.EventGenerator(seed=1, dead_map=sim.load_dead_map(path))
+    gen = ideal_generator(seed=1, dead_map=sim.load_dead_map(path))
     np.testing.assert_array_equal(gen.dead_ids, [5, 17, 4600, 4759])
     events = gen.generate(20)
     assert np.all(events["npho"][:, [5, 17, 4600, 4759]] == np.float32(1e10))
     assert np.all(events["npho"][:, 6] < 9e9)
-    assert sim.EventGenerator(seed=1, dead_fraction=0.0).dead.sum() == 0
+    assert ideal_generator(seed=1, dead_fraction=0.0).dead.sum() == 0
 
 
 def test_truth_branches_agree_with_each_other(signal):
@@ -197,7 +202,7 @@ def test_truth_branches_agree_with_each_other(signal):
 
 
 def test_signal_is_a_line_at_52_83_mev_and_flat_is_flat():
-    signal = sim.EventGenerator("signal", seed=2).generate(16)["energyTruth"]
+    signal = ideal_generator("signal", seed=2).generate(16)["energyTruth"]
     assert np.all(signal == np.float32(0.05283))
     spectrum = sim.parse_spectrum("flat:15:60")
     energy = spectrum.sample(np.random.default_rng(3), 200_000)
@@ -205,7 +210,7 @@ def test_signal_is_a_line_at_52_83_mev_and_flat_is_flat():
     chi2 = ((counts - counts.mean()) ** 2 / counts.mean()).sum()
     assert energy.min() >= 15 and energy.max() <= 60 and chi2 < 30, f"chi2 {chi2:.1f} for 8 dof"
     # redrawing gammas that convert outside the xenon keeps their energy: still flat
-    generated = sim.EventGenerator("flat:15:60", seed=4).generate(320)["energyTruth"] * 1e3
+    generated = ideal_generator("flat:15:60", seed=4).generate(320)["energyTruth"] * 1e3
     assert np.all((generated >= 15) & (generated <= 60))
     counts = np.histogram(generated, bins=4, range=(15, 60))[0]
     assert counts.min() > 0.6 * counts.mean(), counts
@@ -221,9 +226,9 @@ def test_unknown_spectra_are_user_errors(text):
 
 # --- reproducibility and streaming -------------------------------------------------------------
 def test_events_do_not_depend_on_how_the_request_is_split():
-    gen = sim.EventGenerator("flat:20:60", seed=9)
+    gen = ideal_generator("flat:20:60", seed=9)
     whole = gen.generate(150, first_event=40)
-    parts = [sim.EventGenerator("flat:20:60", seed=9).generate(n, first_event=s) for s, n in ((40, 7), (47, 100),
+    parts = [ideal_generator("flat:20:60", seed=9).generate(n, first_event=s) for s, n in ((40, 7), (47, 100),
                                                                                             (147, 43))]
     for name in sim.BRANCHES:
         np.testing.assert_array_equal(whole[name], np.concatenate([p[name] for p in parts]), err_msg=name)
@@ -232,7 +237,7 @@ def test_events_do_not_depend_on_how_the_request_is_split():
         gen.fill(buffer, 40, 150, workers=workers)
         for name in sim.BRANCHES:
             np.testing.assert_array_equal(buffer[name][:150], whole[name], err_msg=name)
-    other = sim.EventGenerator("flat:20:60", seed=10).generate(10, first_event=40)
+    other = ideal_generator("flat:20:60", seed=10).generate(10, first_event=40)
     assert not np.array_equal(other["npho"], whole["npho"][:10])
 
 
@@ -273,7 +278,7 @@ def test_sim_chunks_partition_an_epoch_and_a_new_epoch_gives_new_events():
 
 # --- ROOT files ---------------------------------------------------------------------------------
 def test_root_files_are_ttrees_that_round_trip_exactly(tmp_path):
-    gen = sim.EventGenerator(seed=21)
+    gen = ideal_generator(seed=21)
     [path] = sim.write_root(tmp_path / "events.root", 100, gen, chunk_events=64, progress=False)
     expected = gen.generate(100)
     with uproot.open(path) as handle:
@@ -290,7 +295,7 @@ def test_root_files_are_ttrees_that_round_trip_exactly(tmp_path):
 
 
 def test_files_option_splits_the_events_with_continuing_numbers(tmp_path):
-    gen = sim.EventGenerator(seed=22)
+    gen = ideal_generator(seed=22)
     paths = sim.write_root(tmp_path / "split.root", 50, gen, files=3, progress=False, background_writer=False)
     assert [p.name for p in paths] == ["split_0.root", "split_1.root", "split_2.root"]
     events = []
@@ -302,7 +307,7 @@ def test_files_option_splits_the_events_with_continuing_numbers(tmp_path):
 
 
 def test_a_failure_while_writing_leaves_no_file(tmp_path, monkeypatch):
-    gen = sim.EventGenerator(seed=23)
+    gen = ideal_generator(seed=23)
     calls = []
 
     def failing_fill(out, first_event, n, **kwargs):
@@ -324,7 +329,7 @@ def test_simulate_command_writes_the_generators_events(tmp_path, capsys):
     assert "wrote 40 events" in capsys.readouterr().out
     with uproot.open(out) as handle:
         npho = handle["tree"]["npho"].array(library="np")
-    np.testing.assert_array_equal(npho, sim.EventGenerator(seed=3).generate(40)["npho"])
+    np.testing.assert_array_equal(npho, sim.EventGenerator(seed=3).generate(40)["npho"])  # realistic, the default
 
 
 @pytest.mark.parametrize("args, message", [

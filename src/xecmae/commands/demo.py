@@ -39,7 +39,7 @@ def demo_config(out: Path, train: str, val: str, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from xecmae.data.simulate import EventGenerator, write_root
+    from xecmae.simulate import EventGenerator, write_root
     from xecmae.train.pretrain import pretrain
 
     out = Path(args.out)

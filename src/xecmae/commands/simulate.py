@@ -19,6 +19,12 @@ examples:
   xecmae simulate --events 10000 --out signal.root --seed 1
   xecmae simulate --events 100000 --out flat.root --spectrum flat:15:60 --files 4
   xecmae simulate --events 1000 --out run7.root --dead-map dead_ids.txt --run 7
+  xecmae simulate --events 1000 --out ideal.root --detector ideal
+  xecmae simulate --events 1000 --out diffuse.root --disable gains,angular --detector-param scattering_length=30
+
+detector: 'realistic' (default) simulates the components shower, scattering, absorption, angular,
+gains, excess_noise, dead_clusters (and pileup with --enable pileup); 'ideal' is the point-source
+response with Poisson photoelectrons only. Parameters: see xecmae.simulate.spec.
 """
 
 
@@ -48,12 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tree", default="tree", help="TTree name (default tree)")
     parser.add_argument("--attenuation-length", type=float, default=None,
                         help="light attenuation length in cm (default: none)")
+    parser.add_argument("--detector", default="realistic", metavar="NAME",
+                        help="detector response: realistic (default) or ideal")
+    parser.add_argument("--disable", default="", metavar="LIST",
+                        help="comma-separated realistic components to switch off, e.g. scattering,gains")
+    parser.add_argument("--enable", default="", metavar="LIST", help="components to switch on, e.g. pileup")
+    parser.add_argument("--detector-param", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a detector parameter, e.g. scattering_length=30 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from xecmae.data.simulate import EventGenerator, load_dead_map, write_root
     from xecmae.errors import UserError
+    from xecmae.simulate import EventGenerator, detector_spec, load_dead_map, write_root
+    from xecmae.simulate.spec import parse_parameter
 
     if args.events <= 0:
         raise UserError(f"--events must be positive, got {args.events}")
@@ -65,9 +79,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be positive, got {args.threads}")
     if args.first_event < 0:
         raise UserError(f"--first-event must be >= 0, got {args.first_event}")
+    detector = detector_spec(args.detector, args.disable, args.enable,
+                             **dict(parse_parameter(text) for text in args.detector_param))
     dead_map = load_dead_map(args.dead_map) if args.dead_map is not None else None
     generator = EventGenerator(args.spectrum, seed=args.seed, dead_fraction=args.dead_fraction,
-                               dead_map=dead_map, run=args.run, attenuation_length=args.attenuation_length)
+                               dead_map=dead_map, run=args.run, attenuation_length=args.attenuation_length,
+                               detector=detector)
     start = time.perf_counter()
     paths = write_root(args.out, args.events, generator, chunk_events=args.chunk, progress=not args.no_progress,
                        compression=args.compression, files=args.files, tree=args.tree,
@@ -75,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     size_mb = sum(p.stat().st_size for p in paths) / 1e6
     where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} ... {paths[-1]} ({len(paths)} files)"
-    print(f"wrote {args.events} events ({generator.spectrum.name}, seed {args.seed}, run {args.run}, "
+    print(f"wrote {args.events} events ({generator.spectrum.name}, {detector.label} detector, seed {args.seed}, "
+          f"run {args.run}, "
           f"{int(generator.dead.sum())} dead channels) to {where}: {size_mb:.1f} MB, "
           f"{args.events / seconds:.0f} events/s")
     return 0

@@ -409,7 +409,7 @@ class XECStream(IterableDataset):
         self.files: list[str] = []
         self._boundaries: dict[str, np.ndarray] = {}
         if is_sim(source):
-            from xecmae.data.simulate import parse_sim_url
+            from xecmae.simulate import parse_sim_url
 
             self.sim_url = source[0] if isinstance(source, list | tuple) else source.strip()
             self.sim_spec = parse_sim_url(self.sim_url)
@@ -570,7 +570,7 @@ class XECStream(IterableDataset):
 
     def _sim_reads(self, shard: int, shards: int) -> Iterator[tuple[str, int, dict, bool]]:
         """(source, first event, events, False) of this shard of the simulated epoch."""
-        from xecmae.data.simulate import sim_chunks
+        from xecmae.simulate import sim_chunks
 
         remaining = int(share_sizes(self.total_events, shards)[shard])
         for arrays in sim_chunks(self.sim_spec, shard, shards, self.read_events, epoch=self.epoch):
