@@ -29,9 +29,9 @@ import torch
 
 from train_step import model_flops_utilisation
 from xecmae.config import InpainterConfig, MAEConfig, RegressorConfig, validate
-from xecmae.data.simulate import EventGenerator
 from xecmae.models import build_mae
 from xecmae.models.regressor import build_regressor
+from xecmae.simulate import EventGenerator
 from xecmae.train.ema import EMA
 from xecmae.train.finetune import RegressionObjective
 from xecmae.train.loop import Trainer, to_device

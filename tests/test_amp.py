@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from xecmae.config import InpainterConfig, MAEConfig, RegressorConfig, validate
-from xecmae.data.simulate import EventGenerator
 from xecmae.models import build_mae
 from xecmae.models.blocks import GRN, DepthwiseConv2d, grn_reference
 from xecmae.models.regressor import build_regressor
+from xecmae.simulate import EventGenerator
 from xecmae.train.finetune import RegressionObjective
 from xecmae.train.loop import Trainer
 from xecmae.train.optim import make_optimizer, make_scheduler
