@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -221,7 +220,7 @@ def test_fault04_unwritable_or_full_output_is_one_line_and_keeps_the_last_checkp
     blocker.write_text("not a directory")
     with pytest.raises(UserError, match="cannot write to"):
         pretrain(config(small, tmp_path, checkpoint={"save_dir": str(blocker / "runs")}))
-    with pytest.raises(UserError, match="checkpoint.save_path: cannot write to"):
+    with pytest.raises(UserError, match=r"checkpoint\.save_path: cannot write to"):
         pretrain(config(small, tmp_path, checkpoint={"save_path": str(blocker / "best.pth"), "run_name": "sp"}))
     assert steps == []
 
@@ -250,7 +249,7 @@ def test_fault04_unwritable_or_full_output_is_one_line_and_keeps_the_last_checkp
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError, match="cannot write checkpoint .* the previous checkpoint there is kept"):
+    with pytest.raises(UserError, match=r"cannot write checkpoint .* the previous checkpoint there is kept"):
         pretrain(config(small, tmp_path, checkpoint={"run_name": "full", "save_every_steps": 1}))
     assert load_checkpoint(tmp_path / "full" / LAST)["step"] == 1
     assert [p.name for p in (tmp_path / "full").iterdir() if "partial" in p.name or p.suffix == ".tmp"] == []
