@@ -39,18 +39,19 @@ LAST, BEST = "mae_checkpoint_last.pth", "mae_checkpoint_best.pth"
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> dict[str, str]:
-    """48 training events (3 batches of 16) and 16 validation events."""
+    """32 training events (2 batches of 16) and 16 validation events."""
     from xecmae.data.simulate import EventGenerator, write_root
 
     root = tmp_path_factory.mktemp("faults")
-    write_root(root / "train.root", 48, EventGenerator(seed=21), progress=False)
+    write_root(root / "train.root", 32, EventGenerator(seed=21), progress=False)
     write_root(root / "val.root", 16, EventGenerator(seed=22), progress=False)
     return {"train": str(root / "train.root"), "val": str(root / "val.root"), "dir": str(root)}
 
 
 def config(small, tmp_path, **sections):
+    """Two steps of 16 events, one epoch, no validation unless asked for."""
     sections.setdefault("data", {})
-    sections["data"] = {"batch_size": 16, "chunksize": 48, "shuffle_buffer": 0} | sections["data"]
+    sections["data"] = {"batch_size": 16, "chunksize": 32, "shuffle_buffer": 0, "val_path": None} | sections["data"]
     sections["training"] = {"epochs": 1} | sections.get("training", {})
     return tiny_config(small, tmp_path, **sections)
 
@@ -97,7 +98,7 @@ def one_line_error(rc: int, err: str, *needles: str) -> None:
 
 def pretrain_argv(small, save_dir: Path, run_name: str, *extra: str) -> list[str]:
     return ["pretrain", "--train_root", small["train"], "--val_root", small["val"], "--size", "tiny",
-            "--batch_size", "16", "--epochs", "1", "--num_workers", "0", "--chunksize", "48",
+            "--batch_size", "16", "--epochs", "1", "--num_workers", "0", "--chunksize", "32",
             "--save_dir", str(save_dir), "--run_name", run_name, "--mlflow.enabled", "false",
             "--save_predictions", "false", *extra]
 
@@ -146,7 +147,7 @@ def test_fault01_existing_run_is_not_overwritten(small, tmp_path, steps):
     steps.clear()
     with pytest.raises(UserError, match=r"already holds .* --resume_from .* --overwrite"):
         pretrain(config(small, tmp_path, checkpoint={"run_name": "R"}))
-    assert steps == [] and load_checkpoint(run / LAST)["step"] == before["step"] == 3
+    assert steps == [] and load_checkpoint(run / LAST)["step"] == before["step"] == 2
 
     # a second live run on the same directory is refused while the first holds it
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
@@ -169,7 +170,7 @@ def test_fault01_existing_run_is_not_overwritten(small, tmp_path, steps):
     # starting over is explicit, and the old run's checkpoints do not stay beside the new ones
     (run / "mae_encoder_epoch_7.pth").write_bytes(b"old")
     pretrain(config(small, tmp_path, checkpoint={"run_name": "R", "overwrite": True}))
-    assert not (run / "mae_encoder_epoch_7.pth").exists() and load_checkpoint(run / LAST)["step"] == 3
+    assert not (run / "mae_encoder_epoch_7.pth").exists() and load_checkpoint(run / LAST)["step"] == 2
 
 
 # --- 2 ---------------------------------------------------------------------------------------------
@@ -326,8 +327,8 @@ def test_fault07_resume_with_another_model_or_normalisation_is_refused_in_one_li
 # --- 8 ---------------------------------------------------------------------------------------------
 def test_fault08_a_mid_epoch_resume_reports_the_uninterrupted_epoch_loss(small, tmp_path):
     straight = pretrain(config(small, tmp_path, checkpoint={"run_name": "straight"}))
-    cut = pretrain(config(small, tmp_path, checkpoint={"run_name": "cut"}, training={"max_steps": 2}))
-    assert load_checkpoint(cut / LAST)["epoch_batches"] == 2
+    cut = pretrain(config(small, tmp_path, checkpoint={"run_name": "cut"}, training={"max_steps": 1}))
+    assert load_checkpoint(cut / LAST)["epoch_batches"] == 1
     pretrain(config(small, tmp_path, checkpoint={"run_name": "cut", "resume_from": str(cut / LAST)}))
     a = load_checkpoint(straight / LAST)["history"][0]
     b = load_checkpoint(cut / LAST)["history"][0]
@@ -336,11 +337,13 @@ def test_fault08_a_mid_epoch_resume_reports_the_uninterrupted_epoch_loss(small, 
 
 
 # --- 9 ---------------------------------------------------------------------------------------------
-def test_fault09_a_run_resumed_into_a_new_directory_stays_tracked(small, tmp_path, caplog):
+def test_fault09_a_run_resumed_into_a_new_directory_stays_tracked(small, tmp_path, caplog, monkeypatch):
     tracked = {"enabled": True, "experiment": "faults"}
-    first = pretrain(config(small, tmp_path, checkpoint={"run_name": "a"}, training={"max_steps": 2}, mlflow=tracked))
+    first = pretrain(config(small, tmp_path, checkpoint={"run_name": "a"}, training={"max_steps": 1}, mlflow=tracked))
     run_id = load_checkpoint(first / LAST)["mlflow_run_id"]
     assert run_id
+    # as in a new process: MLflow exports the last store it was given as $MLFLOW_TRACKING_URI
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     caplog.clear()
     second = pretrain(config(small, tmp_path, checkpoint={"run_name": "b", "resume_from": str(first / LAST)},
                              mlflow=tracked))

@@ -13,13 +13,19 @@ from xecmae.config import RunConfig
 from xecmae.train.rundir import check_writable
 
 
-def check_data(cfg: RunConfig, truth: bool, rank: int = 0, world_size: int = 1) -> None:
-    """Scan every input file of both splits (tree, branches, per-event shapes, entries)."""
-    from xecmae.data.stream import make_stream
+def check_data(cfg: RunConfig, truth: bool) -> None:
+    """Scan every input file of both splits (tree, branches, per-event shapes, entries); one line if bad."""
+    from xecmae.data.rootio import DataError, expected_shapes, scan
+    from xecmae.data.sources import is_sim, resolve_inputs
 
-    make_stream(cfg, "train", rank, world_size, truth=truth)
-    if cfg.data.val_path not in (None, "", []):
-        make_stream(cfg, "val", rank, world_size, truth=truth)
+    expected = expected_shapes(cfg.data.npho_branch, cfg.data.time_branch, truth)
+    for split in ("train", "val"):
+        source = getattr(cfg.data, f"{split}_path")
+        if source in (None, "", []) or is_sim(source):
+            continue
+        files = resolve_inputs(source)
+        if not any(scan(path, cfg.data.tree_name, expected).entries for path in files):
+            raise DataError(f"data.{split}_path: no events: all {len(files)} input file(s) have empty trees")
 
 
 def check_outputs(cfg: RunConfig) -> None:

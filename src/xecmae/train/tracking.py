@@ -25,18 +25,28 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000
 
 
+_SET_HERE: set[str] = set()  # URIs this process gave mlflow.set_tracking_uri, which exports them to the environment
+
+
+def user_tracking_uri() -> str | None:
+    """``$MLFLOW_TRACKING_URI`` as the user set it: not the copy MLflow leaves there after an earlier
+    run in this process (which would send the next run into the previous run's store)."""
+    value = os.environ.get("MLFLOW_TRACKING_URI")
+    return value if value and value not in _SET_HERE else None
+
+
 def default_tracking_uri(run_dir: Path, configured: str | None) -> str:
     if configured:
         return configured
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if user_tracking_uri():
+        return user_tracking_uri()
     return f"sqlite:///{(Path(run_dir) / 'mlflow.db').resolve()}"
 
 
 def resume_uri(configured: str | None, previous: str | None) -> str | None:
     """The store to use: the configured one, else ``$MLFLOW_TRACKING_URI``, else the store of the run
     being resumed (from its checkpoint) while it is still there, else None (the run directory's)."""
-    if configured or os.environ.get("MLFLOW_TRACKING_URI") or not previous:
+    if configured or user_tracking_uri() or not previous:
         return configured
     path = sqlite_path(previous)
     return previous if path is None or path.is_file() else None
@@ -126,6 +136,7 @@ class Tracker:
 
     def _start(self, run_name: str, run_id: str | None, resumed_from: str | None = None) -> None:
         mlflow = self._mlflow
+        _SET_HERE.add(self.uri)
         mlflow.set_tracking_uri(self.uri)
         tags = {}
         if run_id is not None and not self._has_run(run_id):
