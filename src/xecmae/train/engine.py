@@ -251,9 +251,7 @@ def _fit(cfg: RunConfig, spec: RunSpec, device: torch.device) -> Path:
 
 
 def _run(cfg: RunConfig, spec: RunSpec, trainer: Trainer, run_dir: Path, batches: int, has_val: bool) -> Path:
-    t, main = cfg.training, dist.is_main()
-    steps = batches // t.grad_accum_steps
-    device = trainer.device
+    t, main, device, steps = cfg.training, dist.is_main(), trainer.device, batches // cfg.training.grad_accum_steps
     tracker = Tracker(run_dir, resume_uri(cfg.mlflow.tracking_uri, trainer.state.mlflow_uri), cfg.mlflow.experiment,
                       cfg.mlflow.enabled and main)
     if main:
@@ -364,9 +362,12 @@ def _end_of_epoch(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Trac
             val_metrics = trainer.evaluate(loader, on_batch=report.on_batch if report else None)
             if report:
                 val_metrics |= report.finish()
-        except BaseException:
+        except BaseException as exc:
             if report:
                 report.abort()
+            if isinstance(exc, UserError) and dist.is_main():  # e.g. a damaged validation file: keep the epoch
+                log.warning("validation failed; the epoch's training is kept in %s", save_checkpoint(
+                    checkpoint_payload(cfg, spec, trainer), run_dir / spec.file("checkpoint_last")))
             raise
     record = {"epoch": epoch, "lr": trainer.scheduler.get_last_lr()[0], "events_per_s": rate}
     record |= {f"train/{k}": v for k, v in train_metrics.items()}

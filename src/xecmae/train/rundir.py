@@ -81,7 +81,9 @@ def check_writable(directory: Path, what: str) -> None:
             os.close(fd)
             probe.unlink(missing_ok=True)
     except OSError as exc:
-        raise UserError(f"{what}: cannot write to {directory} ({_describe(exc)})") from None
+        blocking = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocking} is a file, not a directory" if blocking else _describe(exc)
+        raise UserError(f"{what}: cannot write to {directory} ({reason})") from None
 
 
 def checkpoint_files(run_dir: Path, kind: str) -> list[Path]:
