@@ -52,7 +52,7 @@ def clean_stale_partials(directory: Path, name: str | None = None) -> list[Path]
         if match:
             if (name is not None and match["name"] != name) or _alive(int(match["pid"])):
                 continue
-        elif name is not None or not LEGACY_TEMPORARY.match(path.name):
+        elif not LEGACY_TEMPORARY.match(path.name) or (name is not None and path.name != f".{name}.tmp"):
             continue
         try:
             size = path.stat().st_size
