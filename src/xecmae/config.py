@@ -199,6 +199,8 @@ class CheckpointConfig(Section):
     save_path: str | None = None
     """Legacy: a run directory, or a ``.pth`` file that receives a copy of the best checkpoint."""
     resume_from: str | None = None
+    overwrite: bool = False
+    """Start over in a run directory that already holds checkpoints (they are removed); else refused."""
     reset_epoch: bool = False
     refresh_lr: bool = False
     new_mlflow_run: bool = False

@@ -22,6 +22,7 @@ from xecmae.errors import UserError
 from xecmae.models import XEC_MAE, build_mae
 from xecmae.train.checkpoint import load_checkpoint
 from xecmae.train.initialize import checkpoint_kind, preferred_weights
+from xecmae.train.rundir import partial_name
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +68,38 @@ def fill_dead_channels(checkpoint: str | Path, input_path: str | Path, output_pa
     """Write ``output_path``: the input with dead channels filled. Returns event and channel counts."""
     from xecmae.data.rootio import check_branches, get_tree, open_file
 
+    input_path, output_path = str(input_path), Path(output_path)
+    check_request(input_path, output_path, chunk_events, batch_size, device)
     dev = torch.device(device)
     model = load_inpainter(checkpoint, dev)
-    input_path, output_path = str(input_path), Path(output_path)
-    if Path(input_path).resolve() == output_path.resolve():
-        raise UserError("the output must not overwrite the input")
-    if not output_path.parent.is_dir():
-        raise UserError(f"cannot write {output_path}: directory {output_path.parent} does not exist")
     with open_file(input_path) as file:
         tree = get_tree(file, input_path, tree_name)
+        if tree.num_entries == 0:
+            raise UserError(f"{input_path}: tree {tree_name!r} has no entries: nothing to fill")
         check_branches(tree, input_path, {npho_branch: (4760,), time_branch: (4760,)})
         counts = _write_filled(tree, model, dev, input_path, output_path, npho_branch, time_branch, tree_name,
                                chunk_events, batch_size)
     log.info("%s: %d events, %d dead channels filled (%.2f per event)", output_path, counts["events"],
              counts["filled_channels"], counts["filled_channels"] / max(counts["events"], 1))
     return counts
+
+
+def check_request(input_path: str, output_path: Path, chunk_events: int, batch_size: int, device: str) -> None:
+    """Everything about a fill request that can be refused before the model runs, one line each."""
+    from xecmae.train.rundir import check_writable, clean_stale_partials
+
+    if chunk_events <= 0 or batch_size <= 0:
+        raise UserError(f"--chunk ({chunk_events}) and --batch ({batch_size}) must be positive numbers of events")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no GPU is visible to this process; use --device cpu")
+    if Path(input_path).resolve() == output_path.resolve():
+        raise UserError("the output must not overwrite the input")
+    if output_path.is_dir():
+        raise UserError(f"--output {output_path} is a directory; give a file name, e.g. {output_path / 'filled.root'}")
+    if not output_path.parent.is_dir():
+        raise UserError(f"cannot write {output_path}: directory {output_path.parent} does not exist")
+    check_writable(output_path.parent, "--output")
+    clean_stale_partials(output_path.parent, output_path.name)
 
 
 def _write_filled(tree, model: XEC_MAE, dev: torch.device, input_path: str, output_path: Path, npho_branch: str,
@@ -93,7 +111,7 @@ def _write_filled(tree, model: XEC_MAE, dev: torch.device, input_path: str, outp
 
     def chunks() -> Iterator[dict[str, np.ndarray]]:
         with tqdm(total=tree.num_entries, desc="filling", unit="ev", disable=None) as bar:
-            for arrays in tree.iterate(library="np", step_size=chunk_events):
+            for arrays in _read_chunks(tree, input_path, chunk_events):
                 jagged = [k for k, v in arrays.items() if v.dtype == object]
                 if jagged:
                     raise UserError(f"{input_path}: variable-length branches are not supported: {', '.join(jagged)}")
@@ -104,10 +122,31 @@ def _write_filled(tree, model: XEC_MAE, dev: torch.device, input_path: str, outp
                 bar.update(len(npho))
                 yield arrays
 
-    tmp = output_path.with_name(f".{output_path.name}.tmp")
+    tmp = partial_name(output_path)
     try:
         write_tree(str(tmp), chunks(), tree_name=tree_name)
         os.replace(tmp, output_path)
+    except OSError as exc:
+        raise UserError(f"cannot write {output_path} ({os.strerror(exc.errno) if exc.errno else exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return counts
+
+
+def _read_chunks(tree, input_path: str, chunk_events: int) -> Iterator[dict[str, np.ndarray]]:
+    """``tree.iterate`` with a damaged basket reported as one line naming the entries."""
+    from xecmae.data.rootio import DataError
+
+    start = 0
+    iterator = tree.iterate(library="np", step_size=chunk_events)
+    while True:
+        try:
+            arrays = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise DataError(f"{input_path}: cannot read entries from {start} of tree {tree.name!r} "
+                            f"({type(exc).__name__}: {first})") from None
+        start += len(next(iter(arrays.values()))) if arrays else 0
+        yield arrays

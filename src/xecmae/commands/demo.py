@@ -32,7 +32,7 @@ def demo_config(out: Path, train: str, val: str, args: argparse.Namespace):
         "model": {"size": "tiny", "mask_ratio": 0.6},
         "training": {"epochs": args.epochs, "lr": 2e-3, "warmup_epochs": 0.5, "lr_min": 1e-4, "seed": args.seed,
                      "track_metrics": True, "track_mae_rmse": True, "log_interval": 10},
-        "checkpoint": {"save_dir": str(out), "run_name": "mae_tiny", "save_predictions": True,
+        "checkpoint": {"save_dir": str(out), "run_name": "mae_tiny", "overwrite": True, "save_predictions": True,
                        "root_save_interval": args.epochs, "predictions_max_events": 64},
         "mlflow": {"experiment": "xecmae-demo"},
     })

@@ -66,6 +66,7 @@ not show, small enough that uproot's own per-basket buffers (16 MB per branch) c
 heap, which reuses them, instead of being mapped afresh for every read."""
 
 _warned_empty: set[str] = set()
+_warned_all_invalid: set[str] = set()
 
 
 # --- planning: pieces, shares, steps ---------------------------------------------------------------
@@ -612,6 +613,10 @@ class XECStream(IterableDataset):
         """
         bad_npho, bad_time, nonfinite = (int(v) for v in counts)
         values = max(events * N_SENSORS, 1)
+        if events and bad_npho >= events * N_SENSORS and label not in _warned_all_invalid:
+            _warned_all_invalid.add(label)
+            log.warning("%s[%d:%d]: every sensor of these %d events is invalid (dead, NaN or inf): they carry no "
+                        "information to learn from", label, first, first + events, events)
         log.log(logging.WARNING if nonfinite else logging.DEBUG,
                 "%s[%d:%d]: %d events; dead, NaN or inf values: npho %d (%.2f%%), time %d (%.2f%%); "
                 "NaN/inf values %d", label, first, first + events, events, bad_npho, 100 * bad_npho / values,

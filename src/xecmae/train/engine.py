@@ -26,14 +26,16 @@ from xecmae.config import RunConfig
 from xecmae.errors import UserError
 from xecmae.runtime import large_blocks_from_heap
 from xecmae.train import distributed as dist
+from xecmae.train import rundir
 from xecmae.train.accelerator import accelerator_settings, distributed_model
 from xecmae.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xecmae.train.ema import EMA
-from xecmae.train.initialize import checkpoint_kind
+from xecmae.train.initialize import check_resumable, checkpoint_kind, load_weights
 from xecmae.train.loop import Objective, Throughput, Trainer
 from xecmae.train.metrics import MetricSums
 from xecmae.train.optim import make_optimizer, make_scheduler
-from xecmae.train.tracking import Tracker, flatten
+from xecmae.train.preflight import check_data, check_outputs
+from xecmae.train.tracking import Tracker, flatten, resume_uri
 
 if TYPE_CHECKING:
     from xecmae.data.loaders import EpochLoader
@@ -116,6 +118,7 @@ def checkpoint_payload(cfg: RunConfig, spec: RunSpec, trainer: Trainer) -> dict:
         "scaler_state_dict": None,  # bf16 autocast needs no loss scaling
         "epoch": s.epoch, "step": s.step, "batch": s.batch, "epoch_batches": s.epoch_batches,
         "best_val_loss": s.best_loss, "best_epoch": s.best_epoch, "mlflow_run_id": s.mlflow_run_id,
+        "mlflow_tracking_uri": s.mlflow_uri, "epoch_sums": s.epoch_sums.state_dict() if s.epoch_sums else None,
         "history": s.history, "world_size": dist.world_size(),
         "rng_state": rng_state(), "config": cfg.model_dump(mode="json"),
     }
@@ -123,7 +126,7 @@ def checkpoint_payload(cfg: RunConfig, spec: RunSpec, trainer: Trainer) -> dict:
 
 def restore(cfg: RunConfig, trainer: Trainer, ckpt: dict, path: str) -> None:
     """Continue a run of the same kind: weights, optimizer, schedule, EMA, counters, RNG, MLflow run."""
-    trainer.raw.load_state_dict(ckpt["model_state_dict"])
+    load_weights(trainer.raw, ckpt["model_state_dict"], path, "model")
     ck = cfg.checkpoint
     trainer.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
     if ck.refresh_lr:  # a new schedule from the configured learning rate, counted from here
@@ -146,6 +149,9 @@ def restore(cfg: RunConfig, trainer: Trainer, ckpt: dict, path: str) -> None:
     s.best_loss, s.best_epoch = ckpt["best_val_loss"], ckpt["best_epoch"]
     s.history = list(ckpt["history"])
     s.mlflow_run_id = None if ck.new_mlflow_run else ckpt["mlflow_run_id"]
+    s.mlflow_uri = ckpt.get("mlflow_tracking_uri")
+    if s.epoch_batches and dist.is_main():  # rank 0's sums stand for every rank's (exact on one process)
+        s.epoch_sums = MetricSums.from_state(ckpt.get("epoch_sums"), ckpt["world_size"], trainer.device)
     set_rng_state(ckpt["rng_state"])
     log.info("resumed from %s: epoch %d, step %d%s", path, s.epoch, s.step,
              f", {s.epoch_batches} batches into the next epoch" if s.epoch_batches else "")
@@ -162,6 +168,7 @@ def build_trainer(cfg: RunConfig, spec: RunSpec, device: torch.device, total_ste
         ckpt = load_checkpoint(path)
         kind = checkpoint_kind(ckpt, path)
         if kind == spec.kind:
+            check_resumable(ckpt.get("config"), cfg, path)
             resumed = ckpt
         elif spec.init_from is not None:
             spec.init_from(raw, ckpt, path)  # start from another run's weights; fresh counters
@@ -225,6 +232,8 @@ class Interrupt:
 def fit(cfg: RunConfig, spec: RunSpec) -> Path:
     """Run training of any kind; returns the run directory."""
     check_inputs(cfg)
+    check_outputs(cfg)
+    check_data(cfg, spec.truth)
     t = cfg.training
     ctx = dist.setup(cfg.distributed.backend, cfg.distributed.timeout_minutes,
                      None if t.device == "auto" else t.device)
@@ -249,7 +258,20 @@ def _fit(cfg: RunConfig, spec: RunSpec, device: torch.device) -> Path:
         raise UserError(f"training.grad_accum_steps {t.grad_accum_steps} exceeds the {batches} batches per epoch")
     trainer = build_trainer(cfg, spec, device, steps * t.epochs)
     main = dist.is_main()
-    tracker = Tracker(run_dir, cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.enabled and main)
+    if main:
+        rundir.claim(run_dir, spec.kind, cfg.checkpoint.resume_from, cfg.checkpoint.overwrite)
+    try:
+        return _run(cfg, spec, trainer, run_dir, loaders)
+    finally:
+        rundir.release(run_dir)
+
+
+def _run(cfg: RunConfig, spec: RunSpec, trainer: Trainer, run_dir: Path,
+         loaders: tuple[EpochLoader, EpochLoader | None]) -> Path:
+    t, main, device = cfg.training, dist.is_main(), trainer.device
+    steps, has_val = len(loaders[0]) // t.grad_accum_steps, loaders[1] is not None
+    tracker = Tracker(run_dir, resume_uri(cfg.mlflow.tracking_uri, trainer.state.mlflow_uri), cfg.mlflow.experiment,
+                      cfg.mlflow.enabled and main)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
@@ -264,7 +286,9 @@ def _fit(cfg: RunConfig, spec: RunSpec, device: torch.device) -> Path:
                  t.lr, t.lr_scheduler, steps)
         if not has_val:
             log.warning("no data.val_path: the best checkpoint is chosen by the training loss")
-        trainer.state.mlflow_run_id = tracker.start(cfg.mlflow.run_name or run_dir.name, trainer.state.mlflow_run_id)
+        trainer.state.mlflow_run_id = tracker.start(cfg.mlflow.run_name or run_dir.name, trainer.state.mlflow_run_id,
+                                                    resumed_from=cfg.checkpoint.resume_from)
+        trainer.state.mlflow_uri = tracker.uri if trainer.state.mlflow_run_id else None
         if trainer.state.step == 0:
             tracker.log_params(flatten(cfg.model_dump(mode="json")))
         tracker.log_artifact(run_dir / CONFIG_FILE)
@@ -291,8 +315,10 @@ def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, r
     batches = len(train_loader)
     for epoch in range(state.epoch, t.epochs):
         loader = train_loader.loader(epoch)
-        sums, interval, throughput = MetricSums(), MetricSums(), Throughput()
         skip = state.epoch_batches
+        sums = state.epoch_sums if skip and state.epoch_sums is not None else MetricSums()
+        interval, throughput = MetricSums(), Throughput()
+        state.epoch_sums, any_valid = sums, skip > 0
         bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not main,
                    dynamic_ncols=True, leave=False)
         for index, batch in enumerate(loader):
@@ -300,6 +326,7 @@ def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, r
                 continue  # already trained on before the interruption
             if index >= batches:
                 break
+            any_valid = any_valid or bool(batch["valid"].any())  # read until the first sensor that counts
             stats = trainer.train_step(batch)
             sums.add(stats)
             interval.add(stats)
@@ -328,9 +355,12 @@ def _epochs(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Tracker, r
         bar.close()
         trainer.check_health()
         rate = throughput.rate()
+        if not dist.all_reduce_sum(torch.tensor(float(any_valid), device=trainer.device)).item():
+            raise UserError("data.train_path: no event of this epoch has a single valid sensor (every npho is "
+                            "dead, NaN or inf): nothing to learn from; check the input files")
         sums.reduce()
         train_metrics = sums.compute()
-        state.epoch, state.epoch_batches = epoch + 1, 0
+        state.epoch, state.epoch_batches, state.epoch_sums = epoch + 1, 0, None
         _end_of_epoch(cfg, spec, trainer, tracker, run_dir, train_metrics, rate, val_loader)
     return False
 
@@ -349,9 +379,12 @@ def _end_of_epoch(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Trac
             val_metrics = trainer.evaluate(val_loader.loader(epoch), on_batch=report.on_batch if report else None)
             if report:
                 val_metrics |= report.finish()
-        except BaseException:
+        except BaseException as exc:
             if report:
                 report.abort()
+            if isinstance(exc, UserError) and dist.is_main():  # e.g. a damaged validation file: keep the epoch
+                log.warning("validation failed; the epoch's training is kept in %s", save_checkpoint(
+                    checkpoint_payload(cfg, spec, trainer), run_dir / spec.file("checkpoint_last")))
             raise
     record = {"epoch": epoch, "lr": trainer.scheduler.get_last_lr()[0], "events_per_s": rate}
     record |= {f"train/{k}": v for k, v in train_metrics.items()}
@@ -369,11 +402,11 @@ def _end_of_epoch(cfg: RunConfig, spec: RunSpec, trainer: Trainer, tracker: Trac
              f"{val_metrics['total_loss']:.5f}" if "total_loss" in val_metrics else "-", rate,
              time.perf_counter() - started, "  best" if improved else "")
     payload = checkpoint_payload(cfg, spec, trainer)
-    save_checkpoint(payload, run_dir / spec.file("checkpoint_last"))
-    if improved:
+    if improved:  # best before last: a kill in between never leaves `last` naming a best that is not there
         save_checkpoint(payload, run_dir / spec.file("checkpoint_best"))
         if ck.save_path and ck.save_path.endswith(".pth"):
             save_checkpoint(payload, ck.save_path)
+    save_checkpoint(payload, run_dir / spec.file("checkpoint_last"))
     if ck.save_interval and epoch % ck.save_interval == 0:
         save_checkpoint(payload, run_dir / spec.file(f"checkpoint_epoch_{epoch}"))
     if spec.encoder_export and ((ck.save_interval and epoch % ck.save_interval == 0) or last):

@@ -37,10 +37,11 @@ def checkpoint_kind(ckpt: Any, path: str = "checkpoint") -> str:
                     "with a model_state_dict, or bare encoder weights)")
 
 
-def check_compatible(saved: dict | None, cfg: RunConfig, path: str) -> None:
-    """Refuse a checkpoint whose normalization or encoder shape differs from the configuration."""
-    if not saved:
-        return
+RESUME_KEYS = ("size", *ENCODER_KEYS, "decoder_dim", "predict_channels", "tasks")
+
+
+def compatibility_problems(saved: dict, cfg: RunConfig, model_keys: tuple[str, ...] = ENCODER_KEYS) -> list[str]:
+    """``section.key: checkpoint A, configuration B`` for every setting that makes another model."""
     problems = []
     mine = cfg.model_dump(mode="json")
     for key, value in saved.get("normalization", {}).items():
@@ -51,7 +52,9 @@ def check_compatible(saved: dict | None, cfg: RunConfig, path: str) -> None:
     if saved_threshold is not None and saved_threshold != cfg.training.time.npho_threshold:
         problems.append(f"training.time.npho_threshold: checkpoint {saved_threshold!r}, "
                         f"configuration {cfg.training.time.npho_threshold!r}")
-    for key in ENCODER_KEYS:
+    for key in model_keys:
+        if key not in ENCODER_KEYS and key not in saved.get("model", {}):
+            continue
         theirs, ours = saved.get("model", {}).get(key), mine["model"].get(key)
         if isinstance(theirs, list | tuple):
             theirs = list(theirs)
@@ -59,8 +62,24 @@ def check_compatible(saved: dict | None, cfg: RunConfig, path: str) -> None:
             ours = list(ours)
         if theirs != ours:
             problems.append(f"model.{key}: checkpoint {theirs!r}, configuration {ours!r}")
+    return problems
+
+
+def check_compatible(saved: dict | None, cfg: RunConfig, path: str) -> None:
+    """Refuse a checkpoint whose normalization or encoder shape differs from the configuration."""
+    if not saved:
+        return
+    problems = compatibility_problems(saved, cfg)
     if problems:
         raise ConfigError(f"{path} was made with different settings; refusing to load it:\n  " + "\n  ".join(problems))
+
+
+def check_resumable(saved: dict | None, cfg: RunConfig, path: str) -> None:
+    """Refuse to continue a run with another model or normalization: one line naming every difference."""
+    problems = compatibility_problems(saved or {}, cfg, RESUME_KEYS)
+    if problems:
+        raise ConfigError(f"{path} cannot be resumed with these settings (resume with the checkpoint's own, or "
+                          f"start a new run): {'; '.join(problems)}")
 
 
 def preferred_weights(ckpt: dict) -> tuple[dict[str, torch.Tensor], bool]:

@@ -55,7 +55,9 @@ class TrainState:
     best_loss: float = math.inf
     best_epoch: int = 0
     mlflow_run_id: str | None = None
+    mlflow_uri: str | None = None  # the store holding that run
     history: list[dict[str, float]] = field(default_factory=list)
+    epoch_sums: MetricSums | None = None  # running training metrics of the unfinished epoch
 
 
 def batch_seed(seed: int, rank: int, index: int) -> int:

@@ -64,3 +64,18 @@ class MetricSums:
 
     def reset(self) -> None:
         self.sums = None
+
+    def state_dict(self) -> dict | None:
+        """Plain data for a checkpoint (a host read: call when saving only)."""
+        if self.sums is None:
+            return None
+        return {"names": list(self.names), "sums": self.sums.detach().cpu()}
+
+    @classmethod
+    def from_state(cls, state: dict | None, scale: float = 1.0, device: torch.device | str = "cpu") -> MetricSums:
+        """Sums saved by :meth:`state_dict`; ``scale`` multiplies numerators and denominators alike."""
+        sums = cls()
+        if state:
+            sums.names = list(state["names"])
+            sums.sums = state["sums"].to(device) * scale
+        return sums

@@ -4,13 +4,19 @@ Default store: a SQLite file in the run directory (``<run_dir>/mlflow.db``), so 
 share a database file (SQLite locking on network filesystems is unreliable) and no server is
 needed. ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` point elsewhere (a server, a shared
 database). Any MLflow failure becomes one warning and tracking switches off; training goes on.
+
+Several runs may start on one new SQLite store at once: the store is created (tables, the
+experiment) under an ``flock`` on ``<store>.lock``, so none of them finds half-made tables. A run
+resumed into another directory keeps its MLflow run: the checkpoint names the store it is in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +25,51 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000
 
 
+_SET_HERE: set[str] = set()  # URIs this process gave mlflow.set_tracking_uri, which exports them to the environment
+
+
+def user_tracking_uri() -> str | None:
+    """``$MLFLOW_TRACKING_URI`` as the user set it: not the copy MLflow leaves there after an earlier
+    run in this process (which would send the next run into the previous run's store)."""
+    value = os.environ.get("MLFLOW_TRACKING_URI")
+    return value if value and value not in _SET_HERE else None
+
+
 def default_tracking_uri(run_dir: Path, configured: str | None) -> str:
     if configured:
         return configured
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if user_tracking_uri():
+        return user_tracking_uri()
     return f"sqlite:///{(Path(run_dir) / 'mlflow.db').resolve()}"
+
+
+def resume_uri(configured: str | None, previous: str | None) -> str | None:
+    """The store to use: the configured one, else ``$MLFLOW_TRACKING_URI``, else the store of the run
+    being resumed (from its checkpoint) while it is still there, else None (the run directory's)."""
+    if configured or user_tracking_uri() or not previous:
+        return configured
+    path = sqlite_path(previous)
+    return previous if path is None or path.is_file() else None
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Exclusive use of a SQLite store while it is created or a run is registered; no-op otherwise."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -61,15 +106,19 @@ class Tracker:
             self.active = False
             return None
 
-    def start(self, run_name: str, run_id: str | None = None) -> str | None:
-        """Start (or, with ``run_id``, continue) a run; returns its id."""
+    def start(self, run_name: str, run_id: str | None = None, resumed_from: str | None = None) -> str | None:
+        """Start (or, with ``run_id``, continue) a run; returns its id.
+
+        A ``run_id`` the store does not hold (the run was resumed from elsewhere) starts a new run
+        tagged with the checkpoint it resumed from and the previous run's id.
+        """
         if not self.active:
             return None
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
         self._call("import", self._import)
-        self._call("start", self._start, run_name, run_id)
+        self._call("start", self._start_locked, run_name, run_id, resumed_from)
         if self.run_id:
             log.info("MLflow: run %s in %s", self.run_id, self.uri)
         return self.run_id
@@ -81,17 +130,37 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.WARNING)
         self._mlflow = mlflow
 
-    def _start(self, run_name: str, run_id: str | None) -> None:
+    def _start_locked(self, run_name: str, run_id: str | None, resumed_from: str | None) -> None:
+        with store_lock(self.uri):
+            self._start(run_name, run_id, resumed_from)
+
+    def _start(self, run_name: str, run_id: str | None, resumed_from: str | None = None) -> None:
         mlflow = self._mlflow
+        _SET_HERE.add(self.uri)
         mlflow.set_tracking_uri(self.uri)
+        tags = {}
+        if run_id is not None and not self._has_run(run_id):
+            log.warning("MLflow run %s is not in %s; starting a new run that records where it resumed from",
+                        run_id, self.uri)
+            tags = {"resumed_from_run": run_id, "resumed_from": str(resumed_from or "")}
+            run_id = None
+        elif run_id is None and resumed_from:
+            tags = {"resumed_from": str(resumed_from)}
         if run_id is None:
             if mlflow.get_experiment_by_name(self.experiment) is None:
                 local = self.uri.startswith("sqlite:///") and self.uri.endswith(f"{self.run_dir.name}/mlflow.db")
                 location = (self.run_dir / "mlartifacts").resolve().as_uri() if local else None
                 mlflow.create_experiment(self.experiment, artifact_location=location)
             mlflow.set_experiment(self.experiment)
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags or None)
         self.run_id = run.info.run_id
+
+    def _has_run(self, run_id: str) -> bool:
+        try:
+            self._mlflow.tracking.MlflowClient(self.uri).get_run(run_id)
+        except Exception:
+            return False
+        return True
 
     def log_params(self, params: Mapping[str, str]) -> None:
         self._call("log_params", lambda: self._mlflow.log_params(dict(params)))
