@@ -40,7 +40,7 @@ LAST, BEST = "mae_checkpoint_last.pth", "mae_checkpoint_best.pth"
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> dict[str, str]:
     """32 training events (2 batches of 16) and 16 validation events."""
-    from xecmae.data.simulate import EventGenerator, write_root
+    from xecmae.simulate import EventGenerator, write_root
 
     root = tmp_path_factory.mktemp("faults")
     write_root(root / "train.root", 32, EventGenerator(seed=21), progress=False)
