@@ -44,7 +44,7 @@ from xecmae.analysis.predictions import PredictionWriter
 from xecmae.config import validate
 from xecmae.data.simulate import EventGenerator, write_root
 from xecmae.data.stream import make_loader
-from xecmae.inference import load_inpainter
+from xecmae.apps.fill import load_inpainter
 from xecmae.train.checkpoint import MAE_LAST, load_checkpoint
 from xecmae.train.pretrain import pretrain
 

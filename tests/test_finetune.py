@@ -9,7 +9,7 @@ from conftest import tiny_config
 from xecmae.config import ConfigError, InpainterConfig, RegressorConfig, validate
 from xecmae.errors import UserError
 from xecmae.geometry import uvw_to_xyz
-from xecmae.inference import fill_dead_channels
+from xecmae.apps.fill import fill_dead_channels
 from xecmae.models import build_mae
 from xecmae.models.regressor import build_regressor
 from xecmae.train.checkpoint import load_checkpoint, save_checkpoint
@@ -187,7 +187,7 @@ def test_the_inpainter_beats_the_neighbour_average_on_hidden_sensors(sim_data, t
            "checkpoint": {"save_dir": str(tmp_path), "run_name": "inp", "save_predictions": False,
                           "save_every_steps": 0}, "mlflow": {"enabled": False}}
     from xecmae.analysis.baselines import neighbour_average
-    from xecmae.inference import load_inpainter
+    from xecmae.apps.fill import load_inpainter
     from xecmae.train.inpaint import inpaint
 
     run = inpaint(validate(raw, InpainterConfig))

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from xecmae.errors import UserError
 from xecmae.geometry import outer_grid_shape
 from xecmae.normalize import Normalizer
-from xecmae.sizes import MODEL_SIZES
+from xecmae.sizes import MODEL_SIZES, size_conflicts
 
 Channel = Literal["npho", "time"]
 PathSpec = str | list[str] | None
@@ -440,9 +440,22 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """YAML file (optional) + dotted overrides -> validated configuration."""
     raw = read_yaml(path) if path is not None else {}
     raw = migrate_legacy(raw)
+    _refuse_size_hybrid(raw, overrides or {}, path)
     for dotted, value in (overrides or {}).items():
         _set(raw, dotted, value)
     return validate(raw, schema)
+
+
+def _refuse_size_hybrid(raw: dict, overrides: dict[str, Any], path: str | Path | None) -> None:
+    """``--size`` against dimensions of the YAML that the flags leave alone: refused, never merged."""
+    size, model = overrides.get("model.size"), raw.get("model")
+    if size is None or not isinstance(model, dict):
+        return
+    left = {k: v for k, v in model.items() if f"model.{k}" not in overrides}
+    problems = size_conflicts(str(size), left, str(path))
+    if problems:
+        raise ConfigError(f"--size {size} contradicts the YAML ({'; '.join(problems)}); give the dimensions "
+                          "as flags too, or remove them (or model.size) from the YAML")
 
 
 # --- command-line flags ----------------------------------------------------------------------

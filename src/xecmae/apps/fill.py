@@ -17,11 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from xecmae.config import SCHEMAS, validate
+from xecmae.apps.trained import load_trained
 from xecmae.errors import UserError
-from xecmae.models import XEC_MAE, build_mae
-from xecmae.train.checkpoint import load_checkpoint
-from xecmae.train.initialize import checkpoint_kind, preferred_weights
+from xecmae.models import XEC_MAE
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +28,7 @@ FILLED_BRANCH = "filled"
 
 def load_inpainter(path: str | Path, device: torch.device) -> XEC_MAE:
     """An inpainter (or MAE) from its checkpoint, EMA weights preferred, ready for inference."""
-    ckpt = load_checkpoint(path)
-    kind = checkpoint_kind(ckpt, str(path))
-    if kind not in ("inpainter", "mae"):
-        raise UserError(f"{path} is a {kind} checkpoint; filling dead channels needs an inpainter or MAE checkpoint")
-    cfg = validate(ckpt["config"], SCHEMAS[kind])
-    model = build_mae(cfg)
-    model.load_state_dict(preferred_weights(ckpt)[0])
-    return model.to(device).eval()
+    return load_trained(path, ("inpainter", "mae"), "filling dead channels", device).model
 
 
 @torch.no_grad()
