@@ -233,7 +233,7 @@ class RunConfig(Section):
         return yaml.safe_dump(ordered, sort_keys=False)
 
 
-SECTION_ORDER = ("data", "normalization", "model", "training", "checkpoint", "distributed", "mlflow")
+SECTION_ORDER = ("data", "normalization", "model", "training", "validation", "checkpoint", "distributed", "mlflow")
 
 
 class MAEConfig(RunConfig):
@@ -300,11 +300,31 @@ class RegressionTrainingConfig(OptimConfig):
     time: TimeInputConfig = TimeInputConfig()
 
 
+class FiducialConfig(Section):
+    """The fiducial volume of a resolution report, on the true first interaction (cm)."""
+
+    u_max: Annotated[float, Field(gt=0)] = 23.9
+    """|u| < u_max"""
+    v_max: Annotated[float, Field(gt=0)] = 67.9
+    """|v| < v_max"""
+    w_min: float = 0.0
+    """w >= w_min"""
+
+
+class ValidationConfig(Section):
+    """``xecmae validate``: the events kept and how figures are binned."""
+
+    fiducial: FiducialConfig = FiducialConfig()
+    bins: Annotated[int, Field(ge=1)] = 6
+    """Bins (of about equal events) of the resolution against true u, v, w and energy."""
+
+
 class RegressorConfig(RunConfig):
     """Fine-tuning the encoder with one regression head per task."""
 
     model: RegressorModelConfig = RegressorModelConfig()
     training: RegressionTrainingConfig = RegressionTrainingConfig()
+    validation: ValidationConfig = ValidationConfig()
     mlflow: MlflowConfig = MlflowConfig(experiment="xecmae-regressor")
 
 
