@@ -41,10 +41,10 @@ import torch
 
 from xecmae.analysis.analyze import analyze, face_table, format_table
 from xecmae.analysis.predictions import PredictionWriter
+from xecmae.apps.fill import load_inpainter
 from xecmae.config import validate
 from xecmae.data.simulate import EventGenerator, write_root
 from xecmae.data.stream import make_loader
-from xecmae.apps.fill import load_inpainter
 from xecmae.train.checkpoint import MAE_LAST, load_checkpoint
 from xecmae.train.pretrain import pretrain
 

@@ -6,10 +6,10 @@ import torch
 import uproot
 
 from conftest import tiny_config
+from xecmae.apps.fill import fill_dead_channels
 from xecmae.config import ConfigError, InpainterConfig, RegressorConfig, validate
 from xecmae.errors import UserError
 from xecmae.geometry import uvw_to_xyz
-from xecmae.apps.fill import fill_dead_channels
 from xecmae.models import build_mae
 from xecmae.models.regressor import build_regressor
 from xecmae.train.checkpoint import load_checkpoint, save_checkpoint

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from xecmae.apps.classical import CLASSICAL_TASKS, calibrated_energy, point_source_uvw, total_npho
+from xecmae.apps.classical import calibrated_energy, point_source_uvw, total_npho
 from xecmae.apps.events import EventSource
 from xecmae.apps.regress import regressed_chunks, truth_of
 from xecmae.apps.trained import load_trained
