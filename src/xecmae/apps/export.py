@@ -120,13 +120,18 @@ def export_model(checkpoint: str | Path, output: str | Path, fmt: str = "onnx", 
     return meta
 
 
-def onnx_parity(path: str | Path, graph: nn.Module, npho: np.ndarray, time: np.ndarray, floor: float,
-                batch_size: int = 256) -> dict[str, float]:
-    """Max relative difference per output between onnxruntime and PyTorch, over entries with |value| > floor."""
+def onnx_parity(path: str | Path, graph: nn.Module, npho: np.ndarray, time: np.ndarray,
+                floor: float | dict[str, float], batch_size: int = 256) -> dict[str, float]:
+    """Max relative difference per output between onnxruntime and PyTorch, over entries with |value| > floor
+    (one floor, or one per output name); for a boolean output the fraction of entries that differ."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    if isinstance(floor, dict):
+        missing = set(floor) - set(names)
+        if missing:
+            raise ValueError(f"{path} has no output {sorted(missing)}; outputs: {names}")
     worst = dict.fromkeys(names, 0.0)
     for start in range(0, len(npho), batch_size):
         feed = {"npho": npho[start:start + batch_size], "relative_time": time[start:start + batch_size]}
@@ -139,7 +144,7 @@ def onnx_parity(path: str | Path, graph: nn.Module, npho: np.ndarray, time: np.n
             if a.dtype == bool:
                 worst[name] = max(worst[name], float((a != b).mean()))
                 continue
-            big = np.abs(b) > floor
+            big = np.abs(b) > (floor[name] if isinstance(floor, dict) else floor)
             if big.any():
                 worst[name] = max(worst[name], float((np.abs(a - b)[big] / np.abs(b)[big]).max()))
     return worst

@@ -82,9 +82,9 @@ def predict_regression(checkpoint: str | Path, inputs: str | Sequence[str], outp
     """Write ``output`` with the regressor's predictions for every event of ``inputs``; returns counts."""
     source = source or EventSource(inputs)
     output = Path(output)
-    trained = load_trained(checkpoint, ("regressor",), "writing regression predictions", device)
     planned = source.plan()
     check_output(output, [p.path for p in planned])
+    trained = load_trained(checkpoint, ("regressor",), "writing regression predictions", device)
     copied = common_truth(planned)
     total = sum(p.entries for p in planned)
     counts = {"events": 0, "files": len(planned)}

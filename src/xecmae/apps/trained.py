@@ -49,6 +49,10 @@ class Trained:
                 "step": -1 if self.step is None else int(self.step)}
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiouAEIMU' else 'a'} {noun}"
+
+
 def _build(kind: str, cfg: RunConfig) -> nn.Module:
     if kind == "regressor":
         from xecmae.models.regressor import build_regressor
@@ -67,7 +71,7 @@ def load_trained(path: str | Path, kinds: tuple[str, ...], purpose: str,
     kind = checkpoint_kind(ckpt, path)
     if kind not in kinds:
         wanted = " or ".join(KIND_TEXT[k] for k in kinds)
-        raise UserError(f"{path} is a {KIND_TEXT[kind]} checkpoint; {purpose} needs a {wanted} checkpoint")
+        raise UserError(f"{path} is {_a(KIND_TEXT[kind])} checkpoint; {purpose} needs {_a(wanted)} checkpoint")
     if not isinstance(ckpt.get("config"), dict):
         raise UserError(f"{path}: the checkpoint has no configuration, so its model cannot be rebuilt")
     cfg = validate(ckpt["config"], SCHEMAS[kind])
