@@ -1,4 +1,4 @@
-"""Applying trained models: predict and validate a regressor, refusals of bad inputs, the architecture a checkpoint carries."""
+"""Applying trained models: predict and validate a regressor, bad inputs refused, the architecture in a checkpoint."""
 
 import json
 from pathlib import Path
@@ -168,11 +168,12 @@ def test_fine_tuning_takes_the_encoder_shape_from_the_checkpoint(checkpoints):
         return validate({"model": model, "checkpoint": {"resume_from": checkpoints["mae64"]}}, RegressorConfig)
 
     adopted = adopt_architecture(cfg()).model  # no size, no dimensions given: all from the checkpoint
-    assert (adopted.encoder_dim, adopted.num_heads, adopted.num_fusion_layers, adopted.dim_feedforward) == (64, 2, 1, 256)
+    shape = (adopted.encoder_dim, adopted.num_heads, adopted.num_fusion_layers, adopted.dim_feedforward)
+    assert shape == (64, 2, 1, 256)
     build_regressor(adopt_architecture(cfg()))  # and the model builds
     with pytest.raises(ConfigError, match=r"model\.encoder_dim: checkpoint 64, configuration 128"):
         adopt_architecture(cfg(encoder_dim=128))
-    with pytest.raises(ConfigError, match=r"model\.encoder_dim: checkpoint 64, configuration 1024 \(from model\.size 'base'\)"):
+    with pytest.raises(ConfigError, match=r"checkpoint 64, configuration 1024 \(from model\.size 'base'\)"):
         adopt_architecture(cfg(size="base"))
 
 
