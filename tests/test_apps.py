@@ -43,7 +43,7 @@ def checkpoints(tmp_path_factory):
 
 def test_predict_writes_every_task_in_physical_units_with_truth_and_metadata(sim_data, checkpoints, tmp_path):
     out = tmp_path / "reco.root"
-    counts = predict_regression(checkpoints["reg"], sim_data["train"], out, chunk_events=40, batch_size=16)
+    counts = predict_regression(checkpoints["reg"], sim_data["train"], out, chunk_events=50, batch_size=64)
     assert counts == {"events": 192, "files": 2}  # a glob of two files
     with uproot.open(out) as f:
         reco = f["tree"].arrays(library="np")
