@@ -28,6 +28,7 @@ from torch import nn
 
 import xecmae
 from xecmae.apps.graphs import INPUT_NAMES, INPUT_UNITS, make_graph, output_names
+from xecmae.apps.predict import check_output
 from xecmae.apps.trained import load_trained
 from xecmae.errors import UserError
 from xecmae.geometry import N_SENSORS
@@ -100,9 +101,7 @@ def export_model(checkpoint: str | Path, output: str | Path, fmt: str = "onnx", 
     if part is not None and part not in PARTS:
         raise UserError(f"unknown part {part!r}; choose one of {', '.join(PARTS)}")
     output = Path(output)
-    if output.is_dir() or not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
-        raise UserError(f"cannot write {output}: {'it is a directory' if output.is_dir() else 'its directory '}"
-                        f"{'' if output.is_dir() else str(output.parent) + ' does not exist or is not writable'}")
+    check_output(output, [])
     kinds = PARTS[part] if part else ("regressor", "mae", "inpainter")
     trained = load_trained(checkpoint, kinds, f"exporting {'the ' + part if part else 'a model'}")
     part = part or default_part(trained.kind)
