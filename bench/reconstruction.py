@@ -42,9 +42,9 @@ import torch
 
 from xecmae.analysis.analyze import analyze, face_table, format_table
 from xecmae.analysis.predictions import PredictionWriter
+from xecmae.apps.fill import load_inpainter
 from xecmae.config import validate
 from xecmae.data.stream import make_loader
-from xecmae.inference import load_inpainter
 from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import MAE_LAST, load_checkpoint
 from xecmae.train.pretrain import pretrain

@@ -233,7 +233,7 @@ def test_fault04_unwritable_or_full_output_is_one_line_and_keeps_the_last_checkp
             pretrain(config(small, mount, checkpoint={"run_name": "ro"}))
         assert steps == []
         filled = []
-        m.setattr("xecmae.inference.fill_chunk", lambda *a, **k: filled.append(1))
+        m.setattr("xecmae.apps.fill.fill_chunk", lambda *a, **k: filled.append(1))
         rc, err = run_cli(["predict", "--checkpoint", str(trained), "--input", small["val"],
                            "--output", str(mount / "out.root")], capsys)
         one_line_error(rc, err, "--output", "Read-only file system")

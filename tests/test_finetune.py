@@ -6,10 +6,11 @@ import torch
 import uproot
 
 from conftest import tiny_config
+from xecmae.analysis.plots import plot_regression
+from xecmae.apps.fill import fill_dead_channels
 from xecmae.config import ConfigError, InpainterConfig, RegressorConfig, validate
 from xecmae.errors import UserError
 from xecmae.geometry import uvw_to_xyz
-from xecmae.inference import fill_dead_channels
 from xecmae.models import build_mae
 from xecmae.models.regressor import build_regressor
 from xecmae.train.checkpoint import load_checkpoint, save_checkpoint
@@ -108,7 +109,8 @@ def test_the_regressor_learns_position_and_resumes_its_own_checkpoint(sim_data, 
     partial = load_checkpoint(run / "regressor_checkpoint_last.pth")
     assert checkpoint_kind(partial) == "regressor" and partial["step"] == 8
     resumed = finetune(regressor_config(sim_data, tmp_path, training={"epochs": 3},
-                                        checkpoint={"resume_from": str(run / "regressor_checkpoint_last.pth")}))
+                                        checkpoint={"resume_from": str(run / "regressor_checkpoint_last.pth")}),
+                       plot=plot_regression)  # the plot is attached by the caller (the command line does)
     final = load_checkpoint(resumed / "regressor_checkpoint_last.pth")
     assert final["step"] == 18 and final["epoch"] == 3  # continued, not restarted
     # resolution against the best constant guess (the mean position)
@@ -187,7 +189,7 @@ def test_the_inpainter_beats_the_neighbour_average_on_hidden_sensors(sim_data, t
            "checkpoint": {"save_dir": str(tmp_path), "run_name": "inp", "save_predictions": False,
                           "save_every_steps": 0}, "mlflow": {"enabled": False}}
     from xecmae.analysis.baselines import neighbour_average
-    from xecmae.inference import load_inpainter
+    from xecmae.apps.fill import load_inpainter
     from xecmae.train.inpaint import inpaint
 
     run = inpaint(validate(raw, InpainterConfig))

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from xecmae.errors import UserError
 from xecmae.geometry import outer_grid_shape
 from xecmae.normalize import Normalizer
-from xecmae.sizes import MODEL_SIZES
+from xecmae.sizes import MODEL_SIZES, size_conflicts
 
 Channel = Literal["npho", "time"]
 PathSpec = str | list[str] | None
@@ -244,7 +244,7 @@ class RunConfig(Section):
         return yaml.safe_dump(ordered, sort_keys=False)
 
 
-SECTION_ORDER = ("data", "normalization", "model", "training", "checkpoint", "distributed", "mlflow")
+SECTION_ORDER = ("data", "normalization", "model", "training", "validation", "checkpoint", "distributed", "mlflow")
 
 
 class MAEConfig(RunConfig):
@@ -311,11 +311,31 @@ class RegressionTrainingConfig(OptimConfig):
     time: TimeInputConfig = TimeInputConfig()
 
 
+class FiducialConfig(Section):
+    """The fiducial volume of a resolution report, on the true first interaction (cm)."""
+
+    u_max: Annotated[float, Field(gt=0)] = 23.9
+    """|u| < u_max"""
+    v_max: Annotated[float, Field(gt=0)] = 67.9
+    """|v| < v_max"""
+    w_min: float = 0.0
+    """w >= w_min"""
+
+
+class ValidationConfig(Section):
+    """``xecmae validate``: the events kept and how figures are binned."""
+
+    fiducial: FiducialConfig = FiducialConfig()
+    bins: Annotated[int, Field(ge=1)] = 6
+    """Bins (of about equal events) of the resolution against true u, v, w and energy."""
+
+
 class RegressorConfig(RunConfig):
     """Fine-tuning the encoder with one regression head per task."""
 
     model: RegressorModelConfig = RegressorModelConfig()
     training: RegressionTrainingConfig = RegressionTrainingConfig()
+    validation: ValidationConfig = ValidationConfig()
     mlflow: MlflowConfig = MlflowConfig(experiment="xecmae-regressor")
 
 
@@ -451,9 +471,22 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """YAML file (optional) + dotted overrides -> validated configuration."""
     raw = read_yaml(path) if path is not None else {}
     raw = migrate_legacy(raw)
+    _refuse_size_hybrid(raw, overrides or {}, path)
     for dotted, value in (overrides or {}).items():
         _set(raw, dotted, value)
     return validate(raw, schema)
+
+
+def _refuse_size_hybrid(raw: dict, overrides: dict[str, Any], path: str | Path | None) -> None:
+    """``--size`` against dimensions of the YAML that the flags leave alone: refused, never merged."""
+    size, model = overrides.get("model.size"), raw.get("model")
+    if size is None or not isinstance(model, dict):
+        return
+    left = {k: v for k, v in model.items() if f"model.{k}" not in overrides}
+    problems = size_conflicts(str(size), left, str(path))
+    if problems:
+        raise ConfigError(f"--size {size} contradicts the YAML ({'; '.join(problems)}); give the dimensions "
+                          "as flags too, or remove them (or model.size) from the YAML")
 
 
 # --- command-line flags ----------------------------------------------------------------------

@@ -76,8 +76,26 @@ def _face_onehot(dtype: torch.dtype, device: str) -> torch.Tensor:
 
 
 def apply_weights(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """(B, S) -> (B, S): ``out[b, i] = sum_j w_ij values[b, j]`` (w symmetric)."""
+    """(B, S) -> (B, S): ``out[b, i] = sum_j w_ij values[b, j]`` (w symmetric).
+
+    While a graph is being exported (ONNX, TorchScript), which have no sparse matrices, the
+    same sum is a product with the dense matrix (4760 x 4760, 90 MB in float32: a sensor of the
+    inner face has about 550 neighbours within 20 cm, too many for a padded gather).
+    """
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return values @ dense_weights(weights)  # symmetric, so W^T = W
     return torch.sparse.mm(weights, values.T.contiguous()).T
+
+
+_DENSE: dict[int, torch.Tensor] = {}
+
+
+def dense_weights(weights: torch.Tensor) -> torch.Tensor:
+    """The dense copy of a sparse weight matrix (kept per matrix: the matrices are built once)."""
+    key = id(weights)
+    if key not in _DENSE:
+        _DENSE[key] = weights.to_dense()
+    return _DENSE[key]
 
 
 def local_ratio(num: torch.Tensor, den: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,29 @@ def _lib(a):
     return torch if isinstance(a, torch.Tensor) else np
 
 
+def _exporting() -> bool:
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def _log1p(lib, x):
+    """log(1 + x); in an exported graph (ONNX has no log1p) by the exact-rounding identity
+    ``log(u) * x / (u - 1)``, u = 1 + x, which keeps float32 precision for small x."""
+    if lib is not torch or not _exporting():
+        return lib.log1p(x)
+    u = 1.0 + x
+    shifted = u - 1.0
+    return torch.where(shifted == 0, x, torch.log(u) * x / torch.where(shifted == 0, 1.0, shifted))
+
+
+def _expm1(lib, y):
+    """exp(y) - 1; in an exported graph (ONNX has no expm1) as ``(u - 1) * y / log(u)``, u = exp(y)."""
+    if lib is not torch or not _exporting():
+        return lib.expm1(y)
+    u = torch.exp(y)
+    log_u = torch.log(u)
+    return torch.where((u == 1.0) | (log_u == 0), y, (u - 1.0) * y / torch.where(log_u == 0, 1.0, log_u))
+
+
 @dataclass(frozen=True)
 class Normalizer:
     """The "new scheme": npho through one of four invertible maps, time shifted and scaled.
@@ -61,7 +84,7 @@ class Normalizer:
         inside = npho >= self.npho_domain_min
         x = lib.where(inside, npho, 0.0)
         if self.npho_scheme == "log1p":
-            y = lib.log1p(x / s1) / self.npho_scale2
+            y = _log1p(lib, x / s1) / self.npho_scale2
         elif self.npho_scheme == "anscombe":
             y = lib.sqrt(x + 3 / 8) / math.sqrt(s1 + 3 / 8)
         elif self.npho_scheme == "sqrt":
@@ -74,7 +97,7 @@ class Normalizer:
         """Normalized npho -> raw photons (exact inverse of :meth:`npho_forward` on its domain)."""
         lib, s1 = _lib(y), self.npho_scale
         if self.npho_scheme == "log1p":
-            return s1 * lib.expm1(y * self.npho_scale2)
+            return s1 * _expm1(lib, y * self.npho_scale2)
         if self.npho_scheme == "anscombe":
             return (y * math.sqrt(s1 + 3 / 8)) ** 2 - 3 / 8
         if self.npho_scheme == "sqrt":

@@ -44,10 +44,8 @@ def plot_regression(pred: dict, truth: dict, depth, path: str | Path, title: str
     """Residual histograms per target component and the resolution versus depth w, one row per task."""
     import numpy as np
 
-    from xecmae.train.finetune import half_width_68
-
-    components = {"position": ("u [cm]", "v [cm]", "w [cm]"), "energy": ("(E - E_true) / E_true",),
-                  "timing": ("t [ns]",), "angle": ("theta [deg]", "phi [deg]")}
+    from xecmae.train.resolution import LABELS as components
+    from xecmae.train.resolution import half_width_68
     tasks = list(pred)
     fig, axes = plt.subplots(len(tasks), 4, figsize=(16, 3.2 * len(tasks)), squeeze=False, layout="constrained")
     edges = np.quantile(depth, np.linspace(0, 1, 7)) if len(depth) > 12 else np.array([depth.min(), depth.max()])

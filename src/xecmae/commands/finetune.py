@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xecmae.analysis.plots import plot_regression
     from xecmae.train.finetune import finetune
 
-    return announce_run_directory(finetune(config_from_args(args, RegressorConfig)))
+    return announce_run_directory(finetune(config_from_args(args, RegressorConfig), plot=plot_regression))

@@ -1,4 +1,9 @@
-"""``xecmae predict``: fill the dead channels of a ROOT file with a trained inpainter."""
+"""``xecmae predict``: apply a trained model to ROOT files.
+
+A regressor checkpoint writes one entry per event with the reconstructed quantities in
+physical units (:mod:`xecmae.apps.predict`); an inpainter or MAE checkpoint writes a copy of its
+one input with the dead channels filled (:mod:`xecmae.apps.fill`).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,42 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="inpainter (or MAE) checkpoint")
-    parser.add_argument("--input", required=True, help="ROOT file to repair")
-    parser.add_argument("--output", required=True, help="where to write the repaired copy")
+    parser.add_argument("--checkpoint", required=True, help="regressor, inpainter or MAE checkpoint")
+    parser.add_argument("--input", required=True, nargs="+",
+                        help="ROOT file(s), globs, directories or list files (an inpainter takes one file)")
+    parser.add_argument("--output", required=True, help="ROOT file to write")
     parser.add_argument("--tree", default="tree")
     parser.add_argument("--npho-branch", default="npho")
     parser.add_argument("--time-branch", default="relative_time")
     parser.add_argument("--chunk", type=int, default=1024, help="events read and written at a time")
-    parser.add_argument("--batch", type=int, default=64, help="events per model call")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="events per model call (default 256 for a regressor, 64 for an inpainter)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
 
 def run(args: argparse.Namespace) -> int:
-    from xecmae.inference import fill_dead_channels
+    from xecmae.errors import UserError
+    from xecmae.train.checkpoint import load_checkpoint
+    from xecmae.train.initialize import checkpoint_kind
 
-    counts = fill_dead_channels(args.checkpoint, args.input, args.output, tree_name=args.tree,
+    kind = checkpoint_kind(load_checkpoint(args.checkpoint), args.checkpoint)
+    if kind == "regressor":
+        from xecmae.apps.events import EventSource
+        from xecmae.apps.predict import predict_regression
+
+        source = EventSource(args.input, args.tree, args.npho_branch, args.time_branch)
+        counts = predict_regression(args.checkpoint, args.input, args.output, source=source,
+                                    chunk_events=args.chunk, batch_size=args.batch or 256, device=args.device)
+        print(f"{args.output}: {counts['events']} events from {counts['files']} file(s), predictions in physical "
+              "units (tree 'tree'; tree 'metadata' describes the model)")
+        return 0
+    from xecmae.apps.fill import fill_dead_channels
+
+    if len(args.input) != 1:
+        raise UserError(f"filling dead channels takes one input file, got {len(args.input)}")
+    counts = fill_dead_channels(args.checkpoint, args.input[0], args.output, tree_name=args.tree,
                                 npho_branch=args.npho_branch, time_branch=args.time_branch,
-                                chunk_events=args.chunk, batch_size=args.batch, device=args.device)
+                                chunk_events=args.chunk, batch_size=args.batch or 64, device=args.device)
     print(f"{args.output}: {counts['events']} events, {counts['filled_channels']} dead channels filled "
           "(branch 'filled' marks them)")
     return 0

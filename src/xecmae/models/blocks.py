@@ -73,6 +73,9 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # TorchScript export cannot hold a Python autograd function
+            energy = x.square().sum(dim=self.spatial_dims, keepdim=True).sqrt()
+            return torch.addcmul(self.beta, x, 1 + self.gamma * (energy / (energy.mean(-1, keepdim=True) + self.eps)))
         return _GRNFunction.apply(x, self.gamma, self.beta, self.spatial_dims, self.eps)
 
 
@@ -135,6 +138,8 @@ class DepthwiseConv2d(nn.Conv2d):
         super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # TorchScript export: the plain convolution (same values)
+            return F.conv2d(x, self.weight, self.bias, padding=self.padding[0], groups=self.weight.shape[0])
         weight, bias = self.weight, self.bias
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)

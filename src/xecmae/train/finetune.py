@@ -4,8 +4,9 @@
 regression checkpoint resumes everything; an MAE checkpoint or bare encoder weights give the
 encoder only, with a fresh optimizer, EMA started from the loaded weights and epochs from 1.
 
-Validation adds the physicist's figures per task: bias (median residual) and resolution (half
-the central 68% interval, or the 68% quantile of a distance or opening angle).
+Validation adds the physicist's figures per task from :mod:`xecmae.train.resolution`: bias
+(median residual), resolution (half the central 68% interval, or the 68% quantile of a distance
+or opening angle) and RMS.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import torch
 from torch import nn
 
 from xecmae.config import RegressorConfig, RunConfig
-from xecmae.geometry import uvw_to_xyz
 from xecmae.models.regressor import TASK_TARGETS, XECRegressor, build_regressor
 from xecmae.train import distributed as dist
+from xecmae.train.architecture import adopt_architecture
 from xecmae.train.engine import RunSpec, fit
 from xecmae.train.initialize import checkpoint_kind, init_encoder
 from xecmae.train.losses import Stats, point_loss
+from xecmae.train.resolution import resolution_metrics
 from xecmae.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -59,50 +61,18 @@ class RegressionObjective:
         return total, stats, (pred, targets)
 
 
-# --- resolution figures ---------------------------------------------------------------------------------
-def half_width_68(values: np.ndarray) -> float:
-    """Half the width of the central 68% interval: sigma for a Gaussian, robust to tails."""
-    lo, hi = np.percentile(values, [16, 84])
-    return float(hi - lo) / 2
-
-
-def direction(theta_deg: np.ndarray, phi_deg: np.ndarray) -> np.ndarray:
-    """Unit vector from emiAng: theta from +z, phi = atan2(y, -x)."""
-    theta, phi = np.deg2rad(theta_deg), np.deg2rad(phi_deg)
-    return np.stack([-np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1)
-
-
-def resolution_metrics(task: str, pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Bias and resolution of one task in physical units; ``pred`` and ``truth`` (N, size)."""
-    residual = pred - truth
-    if task == "energy":
-        rel = residual[:, 0] / truth[:, 0]
-        return {"energy_bias_rel": float(np.median(rel)), "energy_res_rel": half_width_68(rel)}
-    if task == "timing":
-        return {"timing_bias_ns": float(np.median(residual[:, 0])), "timing_res_ns": half_width_68(residual[:, 0])}
-    if task == "position":
-        out = {}
-        for k, axis in enumerate("uvw"):
-            out[f"position_bias_{axis}_cm"] = float(np.median(residual[:, k]))
-            out[f"position_res_{axis}_cm"] = half_width_68(residual[:, k])
-        distance = np.linalg.norm(uvw_to_xyz(pred) - uvw_to_xyz(truth), axis=1)
-        out["position_res_3d_cm"] = float(np.percentile(distance, 68))
-        return out
-    if task == "angle":
-        cos = np.clip((direction(*pred.T) * direction(*truth.T)).sum(1), -1, 1)
-        opening = np.degrees(np.arccos(cos))
-        return {"angle_bias_theta_deg": float(np.median(residual[:, 0])),
-                "angle_bias_phi_deg": float(np.median(residual[:, 1])),
-                "angle_res_deg": float(np.percentile(opening, 68))}
-    raise ValueError(task)
+# --- validation report ------------------------------------------------------------------------------------
+RegressionPlot = Callable[[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, Path, str], Path]
+"""``plot(pred, truth, depth, path, title) -> path``: draws one epoch's regression figures (attached by the caller,
+so training never imports the plotting layer)."""
 
 
 class RegressionReport:
     """Collects validation predictions, computes resolutions (all ranks), plots them (rank 0)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, epoch: int, plots: bool):
+    def __init__(self, cfg: RunConfig, run_dir: Path, epoch: int, plot: RegressionPlot | None):
         self.tasks = tuple(cfg.model.tasks)
-        self.epoch, self.plots = epoch, plots
+        self.epoch, self.plot = epoch, plot
         self.pred: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         self.truth: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         self.depth: list[np.ndarray] = []
@@ -126,11 +96,9 @@ class RegressionReport:
         return self.metrics
 
     def write(self, run_dir: Path, tracker: Tracker) -> None:
-        if not self.plots:
+        if self.plot is None:
             return
-        from xecmae.analysis.plots import plot_regression
-
-        path = plot_regression(self.pred, self.truth, self.depth, run_dir / f"regression_epoch_{self.epoch}.png",
+        path = self.plot(self.pred, self.truth, self.depth, run_dir / f"regression_epoch_{self.epoch}.png",
                                title=f"{run_dir.name}, epoch {self.epoch}")
         tracker.log_artifact(path, "plots")
 
@@ -146,9 +114,13 @@ def _gather(obj) -> list:
     return out
 
 
-def regression_report(cfg: RunConfig, run_dir: Path, epoch: int, last: bool) -> RegressionReport:
-    ck = cfg.checkpoint
-    return RegressionReport(cfg, run_dir, epoch, plots=epoch % ck.root_save_interval == 0 or last)
+def regression_report(plot: RegressionPlot | None) -> Callable[[RunConfig, Path, int, bool], RegressionReport]:
+    """Reports that draw with ``plot`` every ``checkpoint.root_save_interval`` epochs and at the end."""
+    def make(cfg: RunConfig, run_dir: Path, epoch: int, last: bool) -> RegressionReport:
+        due = epoch % cfg.checkpoint.root_save_interval == 0 or last
+        return RegressionReport(cfg, run_dir, epoch, plot if due else None)
+
+    return make
 
 
 # --- parameter groups, starting weights ------------------------------------------------------------------
@@ -172,8 +144,14 @@ def init_regressor(cfg: RegressorConfig) -> Callable[[nn.Module, dict, str], Non
     return init
 
 
-def finetune(cfg: RegressorConfig) -> Path:
-    """Train the regressor; returns the run directory."""
+def finetune(cfg: RegressorConfig, plot: RegressionPlot | None = None) -> Path:
+    """Train the regressor; returns the run directory. ``plot`` draws the validation figures
+    (the command line attaches :func:`xecmae.analysis.plots.plot_regression`); None = numbers only.
+
+    The encoder's shape comes from ``checkpoint.resume_from`` when that names a checkpoint
+    (:func:`xecmae.train.architecture.adopt_architecture`).
+    """
+    cfg = adopt_architecture(cfg)
     return fit(cfg, RunSpec(kind="regressor", build_model=build_regressor, objective=RegressionObjective(cfg),
                             truth=True, init_from=init_regressor(cfg), param_groups=encoder_lr_groups,
-                            make_report=regression_report))
+                            make_report=regression_report(plot)))

@@ -17,14 +17,14 @@ from torch import nn
 
 from xecmae.config import ConfigError, RunConfig
 from xecmae.errors import UserError
+from xecmae.train.architecture import ENCODER_KEYS, refuse_original_layout
 
 log = logging.getLogger(__name__)
-
-ENCODER_KEYS = ("encoder_dim", "dim_feedforward", "num_fusion_layers", "num_heads", "outer_mode", "outer_fine_pool")
 
 
 def checkpoint_kind(ckpt: Any, path: str = "checkpoint") -> str:
     """``regressor`` | ``mae`` | ``inpainter`` | ``encoder`` (bare weights)."""
+    refuse_original_layout(ckpt, path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model_state_dict"), dict):
         keys = list(ckpt["model_state_dict"])
         if any(k.startswith("heads.") for k in keys):

@@ -14,6 +14,7 @@ from torch import nn
 
 from xecmae.config import InpainterConfig
 from xecmae.models import build_mae
+from xecmae.train.architecture import adopt_architecture
 from xecmae.train.engine import RunSpec, fit
 from xecmae.train.finetune import encoder_lr_groups
 from xecmae.train.initialize import check_compatible, checkpoint_kind, init_encoder, preferred_weights
@@ -43,7 +44,8 @@ def init_inpainter(cfg: InpainterConfig):
 
 
 def inpaint(cfg: InpainterConfig) -> Path:
-    """Train the inpainter; returns the run directory."""
+    """Train the inpainter; returns the run directory (the encoder shape from ``checkpoint.resume_from``)."""
+    cfg = adopt_architecture(cfg)
     return fit(cfg, RunSpec(kind="inpainter", build_model=build_mae, objective=mae_objective(cfg),
                             init_from=init_inpainter(cfg), param_groups=encoder_lr_groups,
                             make_report=prediction_report("inpainter")))

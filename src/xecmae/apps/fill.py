@@ -17,11 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from xecmae.config import SCHEMAS, validate
+from xecmae.apps.trained import check_run_options, load_trained
 from xecmae.errors import UserError
-from xecmae.models import XEC_MAE, build_mae
-from xecmae.train.checkpoint import load_checkpoint
-from xecmae.train.initialize import checkpoint_kind, preferred_weights
+from xecmae.models import XEC_MAE
 from xecmae.train.rundir import partial_name
 
 log = logging.getLogger(__name__)
@@ -31,14 +29,7 @@ FILLED_BRANCH = "filled"
 
 def load_inpainter(path: str | Path, device: torch.device) -> XEC_MAE:
     """An inpainter (or MAE) from its checkpoint, EMA weights preferred, ready for inference."""
-    ckpt = load_checkpoint(path)
-    kind = checkpoint_kind(ckpt, str(path))
-    if kind not in ("inpainter", "mae"):
-        raise UserError(f"{path} is a {kind} checkpoint; filling dead channels needs an inpainter or MAE checkpoint")
-    cfg = validate(ckpt["config"], SCHEMAS[kind])
-    model = build_mae(cfg)
-    model.load_state_dict(preferred_weights(ckpt)[0])
-    return model.to(device).eval()
+    return load_trained(path, ("inpainter", "mae"), "filling dead channels", device).model
 
 
 @torch.no_grad()
@@ -86,20 +77,10 @@ def fill_dead_channels(checkpoint: str | Path, input_path: str | Path, output_pa
 
 def check_request(input_path: str, output_path: Path, chunk_events: int, batch_size: int, device: str) -> None:
     """Everything about a fill request that can be refused before the model runs, one line each."""
-    from xecmae.train.rundir import check_writable, clean_stale_partials
+    from xecmae.apps.predict import check_output
 
-    if chunk_events <= 0 or batch_size <= 0:
-        raise UserError(f"--chunk ({chunk_events}) and --batch ({batch_size}) must be positive numbers of events")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no GPU is visible to this process; use --device cpu")
-    if Path(input_path).resolve() == output_path.resolve():
-        raise UserError("the output must not overwrite the input")
-    if output_path.is_dir():
-        raise UserError(f"--output {output_path} is a directory; give a file name, e.g. {output_path / 'filled.root'}")
-    if not output_path.parent.is_dir():
-        raise UserError(f"cannot write {output_path}: directory {output_path.parent} does not exist")
-    check_writable(output_path.parent, "--output")
-    clean_stale_partials(output_path.parent, output_path.name)
+    check_run_options(chunk_events, batch_size, device)
+    check_output(output_path, [input_path])
 
 
 def _write_filled(tree, model: XEC_MAE, dev: torch.device, input_path: str, output_path: Path, npho_branch: str,

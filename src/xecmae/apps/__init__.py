@@ -1,0 +1,1 @@
+"""What a trained model does outside training: predict, validate, export (ONNX, TorchScript)."""

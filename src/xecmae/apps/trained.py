@@ -1,0 +1,92 @@
+"""A trained model from its checkpoint, ready for inference: kind checked, architecture and normalisation its own.
+
+Everything that shapes the model (encoder size, tasks, normalisation, time threshold) is read
+from the configuration stored in the checkpoint, never from flags, so a checkpoint always
+rebuilds the model it was trained as. EMA weights are preferred when the run kept them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xecmae.config import SCHEMAS, RunConfig, validate
+from xecmae.errors import UserError
+from xecmae.normalize import Normalizer
+from xecmae.train.checkpoint import load_checkpoint
+from xecmae.train.initialize import checkpoint_kind, load_weights, preferred_weights
+
+log = logging.getLogger(__name__)
+
+KIND_TEXT = {"regressor": "regressor", "mae": "MAE", "inpainter": "inpainter", "encoder": "bare encoder weights"}
+
+
+@dataclass
+class Trained:
+    """A model rebuilt from a checkpoint, in eval mode."""
+
+    path: str
+    kind: str  # regressor | mae | inpainter
+    model: nn.Module
+    cfg: RunConfig
+    ema: bool  # the EMA weights were loaded
+    epoch: int | None
+    step: int | None
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self.model.normalizer
+
+    def describe(self) -> dict[str, Any]:
+        """Plain facts about the checkpoint, for metadata of what the model writes."""
+        return {"checkpoint": str(Path(self.path).resolve()), "model_kind": self.kind,
+                "weights": "ema" if self.ema else "raw", "epoch": -1 if self.epoch is None else int(self.epoch),
+                "step": -1 if self.step is None else int(self.step)}
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiouAEIMU' else 'a'} {noun}"
+
+
+def _build(kind: str, cfg: RunConfig) -> nn.Module:
+    if kind == "regressor":
+        from xecmae.models.regressor import build_regressor
+
+        return build_regressor(cfg)
+    from xecmae.models import build_mae
+
+    return build_mae(cfg)
+
+
+def check_run_options(chunk_events: int, batch_size: int, device: str) -> None:
+    """The options of a pass over files that can be refused before any model is loaded."""
+    if chunk_events <= 0 or batch_size <= 0:
+        raise UserError(f"--chunk ({chunk_events}) and --batch ({batch_size}) must be positive numbers of events")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no GPU is visible to this process; use --device cpu")
+
+
+def load_trained(path: str | Path, kinds: tuple[str, ...], purpose: str,
+                 device: str | torch.device = "cpu") -> Trained:
+    """The model of checkpoint ``path``, which must be one of ``kinds`` (else one line saying what it is)."""
+    path = str(path)
+    ckpt = load_checkpoint(path)
+    kind = checkpoint_kind(ckpt, path)
+    if kind not in kinds:
+        wanted = " or ".join(KIND_TEXT[k] for k in kinds)
+        raise UserError(f"{path} is {_a(KIND_TEXT[kind])} checkpoint; {purpose} needs {_a(wanted)} checkpoint")
+    if not isinstance(ckpt.get("config"), dict):
+        raise UserError(f"{path}: the checkpoint has no configuration, so its model cannot be rebuilt")
+    cfg = validate(ckpt["config"], SCHEMAS[kind])
+    model = _build(kind, cfg)
+    state, ema = preferred_weights(ckpt)
+    load_weights(model, state, path, "model")
+    model.to(device).eval()
+    log.info("%s: %s checkpoint, %s weights, epoch %s", path, KIND_TEXT[kind], "EMA" if ema else "raw",
+             ckpt.get("epoch"))
+    return Trained(path, kind, model, cfg, ema, ckpt.get("epoch"), ckpt.get("step"))

@@ -1,0 +1,45 @@
+"""``xecmae validate``: resolution report of a regressor checkpoint on ROOT files (JSON and PNG)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="regressor checkpoint")
+    parser.add_argument("--input", required=True, nargs="+", help="ROOT file(s), globs, directories or list files")
+    parser.add_argument("--output", required=True, help="folder for validation.json and the PNG figures")
+    parser.add_argument("--config", default=None,
+                        help="YAML whose 'validation' section sets the fiducial cuts and binning")
+    parser.add_argument("--u-max", type=float, default=None, help="fiducial |u| < U cm (default 23.9)")
+    parser.add_argument("--v-max", type=float, default=None, help="fiducial |v| < V cm (default 67.9)")
+    parser.add_argument("--w-min", type=float, default=None, help="fiducial w >= W cm (default 0)")
+    parser.add_argument("--no-classical", action="store_true",
+                        help="skip the point-source fit (about 10 ms per event)")
+    parser.add_argument("--tree", default="tree")
+    parser.add_argument("--npho-branch", default="npho")
+    parser.add_argument("--time-branch", default="relative_time")
+    parser.add_argument("--chunk", type=int, default=1024, help="events read at a time")
+    parser.add_argument("--batch", type=int, default=256, help="events per model call")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from xecmae.apps.events import EventSource
+    from xecmae.apps.validate import REPORT, validate_regressor
+    from xecmae.config import read_yaml
+
+    config = read_yaml(args.config).get("validation", {}) if args.config else None
+    source = EventSource(args.input, args.tree, args.npho_branch, args.time_branch)
+    result = validate_regressor(args.checkpoint, args.input, args.output, source=source, config=config,
+                                cuts={"u_max": args.u_max, "v_max": args.v_max, "w_min": args.w_min},
+                                chunk_events=args.chunk, batch_size=args.batch, device=args.device,
+                                classical=not args.no_classical)
+    model, classical = result["metrics"]["model"], result["metrics"].get("classical", {})
+    print(f"{result['events']['fiducial']} of {result['events']['read']} events inside the fiducial volume")
+    for name, value in model.items():
+        if "_res" in name:
+            beside = f"   classical {classical[name]:.4g}" if name in classical else ""
+            print(f"  {name:28s} model {value:.4g}{beside}")
+    print(f"{args.output}/{REPORT} and {len(result['figures'])} figures written")
+    return 0
