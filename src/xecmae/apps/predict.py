@@ -51,7 +51,7 @@ def check_output(output: Path, inputs: Sequence[str]) -> None:
     the partial files of earlier writers of ``output`` that were killed."""
     folder = output.parent
     if output.is_dir():
-        raise UserError(f"--output {output} is a directory; give a file name, e.g. {output / 'out.root'}")
+        raise UserError(f"cannot write {output}: it is a directory; give a file name, e.g. {output / 'out.root'}")
     if not folder.is_dir():
         raise UserError(f"cannot write {output}: directory {folder} does not exist")
     check_writable(folder, "--output")

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
         source = EventSource(args.input, args.tree, args.npho_branch, args.time_branch)
         counts = predict_regression(args.checkpoint, args.input, args.output, source=source,
-                                    chunk_events=args.chunk, batch_size=args.batch or 256, device=args.device)
+                                    chunk_events=args.chunk, device=args.device,
+                                    batch_size=256 if args.batch is None else args.batch)
         print(f"{args.output}: {counts['events']} events from {counts['files']} file(s), predictions in physical "
               "units (tree 'tree'; tree 'metadata' describes the model)")
         return 0
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"filling dead channels takes one input file, got {len(args.input)}")
     counts = fill_dead_channels(args.checkpoint, args.input[0], args.output, tree_name=args.tree,
                                 npho_branch=args.npho_branch, time_branch=args.time_branch,
-                                chunk_events=args.chunk, batch_size=args.batch or 64, device=args.device)
+                                chunk_events=args.chunk, device=args.device,
+                                batch_size=64 if args.batch is None else args.batch)
     print(f"{args.output}: {counts['events']} events, {counts['filled_channels']} dead channels filled "
           "(branch 'filled' marks them)")
     return 0
