@@ -10,11 +10,12 @@ measured from the earliest sensor with more than 50 photoelectrons.
 
 Realistic (components of :mod:`xecmae.simulate.spec`): ``gains`` multiplies each channel's PDE
 by a fixed efficiency factor and its charge by a fixed gain factor (both ~ N(1, spread), clipped
-at 3 sigma, drawn once per (seed, run)): the analysis still converts with the nominal PDE, as
-a real calibration would, so npho is off by the product. ``excess_noise`` F widens the
-charge's photoelectron variance from nphe to F nphe (crosstalk and afterpulsing; their mean
-gain is calibrated away), drawn together with the baseline noise as one Gaussian; the time still counts the Poisson
-photoelectrons.
+at 3 sigma), drawn once per (calibration_seed, run) of the detector and not per event seed, so
+files simulated with different event seeds for one run see the same channels. The analysis
+still converts with the nominal PDE, as a real calibration would, so npho is off by the
+product. ``excess_noise`` F widens the charge's photoelectron variance from nphe to F nphe
+(crosstalk and afterpulsing; their mean gain is calibrated away), drawn together with the
+baseline noise as one Gaussian; the time still counts the Poisson photoelectrons.
 """
 
 from __future__ import annotations
@@ -63,18 +64,20 @@ def ideal_response() -> SensorResponse:
     return SensorResponse(torch.tensor(pde, dtype=torch.float32), torch.tensor(1.0 / pde, dtype=torch.float32))
 
 
-def channel_calibration(seed: int, run: int, efficiency_spread: float, gain_spread: float
+def channel_calibration(calibration_seed: int, run: int, efficiency_spread: float, gain_spread: float
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """(4760,) efficiency and gain factors of one run, ~ N(1, spread) clipped at 3 sigma; fixed by (seed, run)."""
-    rng = np.random.default_rng(np.random.SeedSequence([_SEED_TAG_CALIBRATION, seed, run]))
+    """(4760,) efficiency and gain factors of one run of one detector, ~ N(1, spread) clipped at
+    3 sigma; fixed by (calibration_seed, run), whatever the events' seed."""
+    rng = np.random.default_rng(np.random.SeedSequence([_SEED_TAG_CALIBRATION, calibration_seed, run]))
     z = np.clip(rng.standard_normal((2, geo.N_SENSORS)), -3.0, 3.0)
     return 1.0 + efficiency_spread * z[0], 1.0 + gain_spread * z[1]
 
 
-def realistic_response(seed: int, run: int, gains: bool, efficiency_spread: float, gain_spread: float,
-                       excess_noise: float | None) -> SensorResponse:
+def realistic_response(calibration_seed: int, run: int, gains: bool, efficiency_spread: float,
+                       gain_spread: float, excess_noise: float | None) -> SensorResponse:
     pde = nominal_pde()
-    efficiency, gain = channel_calibration(seed, run, efficiency_spread, gain_spread) if gains else (1.0, 1.0)
+    efficiency, gain = (channel_calibration(calibration_seed, run, efficiency_spread, gain_spread) if gains
+                        else (1.0, 1.0))
     f32 = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     if not gains:
         return SensorResponse(ideal_response().pde, ideal_response().charge, excess_noise)
