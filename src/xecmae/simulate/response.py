@@ -28,7 +28,7 @@ import torch
 
 from xecmae import geometry as geo
 from xecmae.normalize import DEAD_VALUE
-from xecmae.simulate.poisson import sample_poisson
+from xecmae.simulate.poisson import flat_nonzero, sample_poisson
 
 PDE_MPPC, PDE_PMT = 0.12, 0.16
 NOISE_PHOTONS = 6.0  # sigma of the npho baseline noise
@@ -84,6 +84,18 @@ def realistic_response(calibration_seed: int, run: int, gains: bool, efficiency_
     return SensorResponse(f32(pde * efficiency), f32(gain / pde), excess_noise)
 
 
+def event_minimum(values: torch.Tensor, starts: np.ndarray) -> torch.Tensor:
+    """(B,) minimum of each event's stretch of ``values`` (L,), event e holding ``values[starts[e]:
+    starts[e + 1]]``; +inf for an event with none. (A segmented reduction: far cheaper than a
+    scatter over L entries.)"""
+    flat = values.numpy()
+    if not len(flat):
+        return torch.full((len(starts),), float("inf"))
+    out = np.minimum.reduceat(flat, np.minimum(starts, len(flat) - 1))
+    out[np.diff(starts, append=len(flat)) == 0] = np.inf
+    return torch.from_numpy(out)
+
+
 def detect(photons: torch.Tensor, t_opt: torch.Tensor, rng: np.random.Generator, gen: torch.Generator,
            npho: torch.Tensor, rel: torch.Tensor, dead: torch.Tensor, response: SensorResponse) -> torch.Tensor:
     """Photon statistics, noise and timing of (B, S) expected photons (overwritten); fills ``npho``
@@ -108,7 +120,7 @@ def detect(photons: torch.Tensor, t_opt: torch.Tensor, rng: np.random.Generator,
     lit = nphe > 0
     if dead.numel():
         lit.index_fill_(1, dead, False)
-    where = lit.view(-1).nonzero().squeeze(1)  # (L,) flat indices of the lit sensors
+    where = flat_nonzero(lit)  # (L,) flat indices of the lit sensors, ascending
     n = nphe.view(-1).index_select(0, where)
     # time (ns): flight + optical path + first-photon scintillation delay + jitter
     expo = torch.from_numpy(rng.standard_exponential(len(where), dtype=np.float32))
@@ -118,10 +130,10 @@ def detect(photons: torch.Tensor, t_opt: torch.Tensor, rng: np.random.Generator,
     time.addcmul_(inv_n.mul_(JITTER_SINGLE_PE**2).add_(JITTER_FLOOR**2).sqrt_(), jitter)
     # event of each lit sensor: (index + 1/2) / S is at least 1e-4 away from an integer
     event = where.float().add_(0.5).mul_(1.0 / s).long()
-    inf = torch.full((b,), float("inf"))
-    t_ref = inf.scatter_reduce(0, event, torch.where(n > REFERENCE_NPHE, time, float("inf")), "amin")
+    starts = np.searchsorted(where.numpy(), np.arange(b) * s)  # each event's first entry in `where`
+    t_ref = event_minimum(torch.where(n > REFERENCE_NPHE, time, float("inf")), starts)
     if not bool(torch.isfinite(t_ref).all()):  # a very dim event: any lit sensor, else the optics
-        fallback = inf.scatter_reduce(0, event, time, "amin")
+        fallback = event_minimum(time, starts)
         fallback = torch.where(torch.isfinite(fallback), fallback, t_opt.amin(1))
         t_ref = torch.where(torch.isfinite(t_ref), t_ref, fallback)
     rel.view(-1).index_copy_(0, where, time.sub_(t_ref.index_select(0, event)).mul_(1e-9))
