@@ -17,7 +17,7 @@ from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import face_dead_counts
 from xecmae.simulate.response import channel_calibration
 from xecmae.simulate.shower import realistic_shower
-from xecmae.simulate.spec import COMPONENTS, REALISTIC, detector_spec
+from xecmae.simulate.spec import COMPONENTS, REALISTIC, detector_spec, parse_parameter
 
 N_EVENTS = 128
 ALL_OFF = ",".join(COMPONENTS)
@@ -113,19 +113,38 @@ def test_the_fresnel_fit_recovers_a_point_seen_through_the_mppc_acceptance():
     assert np.median(errors[True]) < 0.05 < np.median(errors[False])
 
 
-def test_gain_spread_is_fixed_for_a_run_reproducible_and_new_for_another_seed():
+def test_gain_spread_is_fixed_for_a_run_of_the_detector_whatever_the_event_seed():
     a = sim.EventGenerator(seed=4, run=2, detector="realistic")
     b = sim.EventGenerator(seed=4, run=2, epoch=3, detector="realistic")
-    c = sim.EventGenerator(seed=5, run=2, detector="realistic")
-    assert torch.equal(a.response.pde, b.response.pde) and torch.equal(a.response.charge, b.response.charge)
-    assert not torch.equal(a.response.pde, c.response.pde)
-    efficiency, gain = channel_calibration(4, 2, 0.05, 0.05)
+    other_events = sim.EventGenerator(seed=5, run=2, detector="realistic")  # e.g. a validation file
+    other_run = sim.EventGenerator(seed=4, run=3, detector="realistic")
+    other_detector = sim.EventGenerator(seed=4, run=2, detector=detector_spec(calibration_seed=7))
+    same = lambda g, h: torch.equal(g.response.pde, h.response.pde) and torch.equal(g.response.charge,  # noqa: E731
+                                                                                    h.response.charge)
+    assert same(a, b) and same(a, other_events)
+    assert not torch.equal(a.response.pde, other_run.response.pde)
+    assert not torch.equal(a.response.charge, other_run.response.charge)
+    assert not torch.equal(a.response.pde, other_detector.response.pde)
+    assert not torch.equal(a.response.charge, other_detector.response.charge)
+    efficiency, gain = channel_calibration(REALISTIC.calibration_seed, 2, 0.05, 0.05)
     assert 0.04 < efficiency.std() < 0.06 and 0.04 < gain.std() < 0.06
     assert abs(np.corrcoef(efficiency, gain)[0, 1]) < 0.1
     nominal = torch.tensor(np.where(geo.is_mppc(), sim.PDE_MPPC, sim.PDE_PMT), dtype=torch.float32)
     torch.testing.assert_close(a.response.pde, nominal * torch.tensor(efficiency, dtype=torch.float32))
+    torch.testing.assert_close(a.response.charge, torch.tensor(gain, dtype=torch.float32) / nominal)
     ideal = sim.EventGenerator(seed=4, run=2, detector=only("shower"))
     assert torch.equal(ideal.response.pde, nominal)
+
+
+def test_the_calibration_seed_is_set_like_any_detector_parameter():
+    url = sim.parse_sim_url("sim://signal?seed=3&calibration_seed=1000000")
+    assert url.detector_spec().calibration_seed == 1000000
+    assert sim.parse_sim_url(url.url).detector_spec().calibration_seed == 1000000
+    assert parse_parameter("calibration_seed=0") == ("calibration_seed", 0)
+    with pytest.raises(UserError, match="calibration_seed"):
+        detector_spec(calibration_seed=-1)
+    with pytest.raises(UserError, match="calibration_seed"):
+        parse_parameter("calibration_seed=1.5")
 
 
 def test_excess_noise_widens_the_npho_of_a_steady_light():

@@ -81,7 +81,9 @@ class EventGenerator:
         dead_map: ids (or a (4760,) bool mask) of dead sensors; replaces ``dead_fraction``.
         run: the ``run`` branch; also part of the seed, as a different run is a different sample.
         epoch: folded into the event seeds (a streamed source gives new events every epoch);
-            the dead channels and the channel calibration do not depend on it.
+            the dead channels and the channel calibration do not depend on it. The channel
+            calibration depends on the detector's ``calibration_seed`` and ``run`` only, not
+            on ``seed``: two files of one run share it.
         attenuation_length: optional extra light attenuation length in cm (None = none).
         detector: ``realistic`` (default), ``ideal`` or a :class:`DetectorSpec`.
     """
@@ -116,7 +118,7 @@ class EventGenerator:
         self.dead.setflags(write=False)
         self._dead_ids = torch.from_numpy(np.flatnonzero(self.dead))
         excess = spec.excess_noise if spec.has("excess_noise") else None
-        self.response = (realistic_response(self.seed, self.run, spec.has("gains"), spec.efficiency_spread,
+        self.response = (realistic_response(spec.calibration_seed, self.run, spec.has("gains"), spec.efficiency_spread,
                                             spec.gain_spread, excess)
                          if spec.has("gains") or excess is not None else ideal_response())
         self._scattering = spec.scattering_length if spec.has("scattering") else None

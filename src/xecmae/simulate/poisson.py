@@ -50,6 +50,12 @@ def _poisson_tables() -> _PoissonTables:
     return _PoissonTables(torch.from_numpy(cdf), torch.from_numpy(guide.ravel().copy()))
 
 
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Ascending flat indices (int64) of the True entries of a contiguous bool tensor: the same as
+    ``mask.view(-1).nonzero().squeeze(1)``, several times faster on one thread."""
+    return torch.from_numpy(np.flatnonzero(mask.numpy()))
+
+
 def sample_poisson(mu: torch.Tensor, u: torch.Tensor, v: torch.Tensor, gen: torch.Generator
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Poisson counts (float32) for a contiguous float32 tensor of means.
@@ -72,12 +78,12 @@ def sample_poisson(mu: torch.Tensor, u: torch.Tensor, v: torch.Tensor, gen: torc
     bin_ = scaled.floor()
     counts = tab.guide.index_select(0, torch.add(bin_, row, alpha=_POISSON_GUIDE).int()).float()
     fresh = scaled.sub_(bin_)
-    special = (counts < 0).nonzero().squeeze(1)
+    special = flat_nonzero(counts < 0)
     if not special.numel():
         return counts.view(mu.shape), fresh.view(mu.shape)
     kind = counts.index_select(0, special)
-    large = special.index_select(0, (kind == _POISSON_LARGE).nonzero().squeeze(1))
-    dirty = special.index_select(0, (kind != _POISSON_LARGE).nonzero().squeeze(1))
+    large = special.index_select(0, flat_nonzero(kind == _POISSON_LARGE))
+    dirty = special.index_select(0, flat_nonzero(kind != _POISSON_LARGE))
     if dirty.numel():  # u fell in a bin holding a step of the CDF: step from its lower edge's answer
         u_d = flat_u.index_select(0, dirty)
         k = counts.index_select(0, dirty).neg_().sub_(1.0)
@@ -86,12 +92,12 @@ def sample_poisson(mu: torch.Tensor, u: torch.Tensor, v: torch.Tensor, gen: torc
         p_first = tab.cdf.view(-1).index_select(0, at)
         step = u_d >= p_first
         k.add_(step)
-        again = step.nonzero().squeeze(1)
+        again = flat_nonzero(step)
         if again.numel():  # a second step; a bin with more than two steps is searched in full
             u_a = u_d.index_select(0, again)
             step = u_a >= tab.cdf.view(-1).index_select(0, at.index_select(0, again).add_(1))
             k.index_add_(0, again, step.float())
-            rest = step.nonzero().squeeze(1)
+            rest = flat_nonzero(step)
             if rest.numel():
                 which = again.index_select(0, rest)
                 rows = tab.cdf.index_select(0, row_d.index_select(0, which))

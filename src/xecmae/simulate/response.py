@@ -10,11 +10,12 @@ measured from the earliest sensor with more than 50 photoelectrons.
 
 Realistic (components of :mod:`xecmae.simulate.spec`): ``gains`` multiplies each channel's PDE
 by a fixed efficiency factor and its charge by a fixed gain factor (both ~ N(1, spread), clipped
-at 3 sigma, drawn once per (seed, run)): the analysis still converts with the nominal PDE, as
-a real calibration would, so npho is off by the product. ``excess_noise`` F widens the
-charge's photoelectron variance from nphe to F nphe (crosstalk and afterpulsing; their mean
-gain is calibrated away), drawn together with the baseline noise as one Gaussian; the time still counts the Poisson
-photoelectrons.
+at 3 sigma), drawn once per (calibration_seed, run) of the detector and not per event seed, so
+files simulated with different event seeds for one run see the same channels. The analysis
+still converts with the nominal PDE, as a real calibration would, so npho is off by the
+product. ``excess_noise`` F widens the charge's photoelectron variance from nphe to F nphe
+(crosstalk and afterpulsing; their mean gain is calibrated away), drawn together with the
+baseline noise as one Gaussian; the time still counts the Poisson photoelectrons.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 from xecmae import geometry as geo
 from xecmae.normalize import DEAD_VALUE
-from xecmae.simulate.poisson import sample_poisson
+from xecmae.simulate.poisson import flat_nonzero, sample_poisson
 
 PDE_MPPC, PDE_PMT = 0.12, 0.16
 NOISE_PHOTONS = 6.0  # sigma of the npho baseline noise
@@ -63,22 +64,36 @@ def ideal_response() -> SensorResponse:
     return SensorResponse(torch.tensor(pde, dtype=torch.float32), torch.tensor(1.0 / pde, dtype=torch.float32))
 
 
-def channel_calibration(seed: int, run: int, efficiency_spread: float, gain_spread: float
+def channel_calibration(calibration_seed: int, run: int, efficiency_spread: float, gain_spread: float
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """(4760,) efficiency and gain factors of one run, ~ N(1, spread) clipped at 3 sigma; fixed by (seed, run)."""
-    rng = np.random.default_rng(np.random.SeedSequence([_SEED_TAG_CALIBRATION, seed, run]))
+    """(4760,) efficiency and gain factors of one run of one detector, ~ N(1, spread) clipped at
+    3 sigma; fixed by (calibration_seed, run), whatever the events' seed."""
+    rng = np.random.default_rng(np.random.SeedSequence([_SEED_TAG_CALIBRATION, calibration_seed, run]))
     z = np.clip(rng.standard_normal((2, geo.N_SENSORS)), -3.0, 3.0)
     return 1.0 + efficiency_spread * z[0], 1.0 + gain_spread * z[1]
 
 
-def realistic_response(seed: int, run: int, gains: bool, efficiency_spread: float, gain_spread: float,
-                       excess_noise: float | None) -> SensorResponse:
+def realistic_response(calibration_seed: int, run: int, gains: bool, efficiency_spread: float,
+                       gain_spread: float, excess_noise: float | None) -> SensorResponse:
     pde = nominal_pde()
-    efficiency, gain = channel_calibration(seed, run, efficiency_spread, gain_spread) if gains else (1.0, 1.0)
+    efficiency, gain = (channel_calibration(calibration_seed, run, efficiency_spread, gain_spread) if gains
+                        else (1.0, 1.0))
     f32 = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     if not gains:
         return SensorResponse(ideal_response().pde, ideal_response().charge, excess_noise)
     return SensorResponse(f32(pde * efficiency), f32(gain / pde), excess_noise)
+
+
+def event_minimum(values: torch.Tensor, starts: np.ndarray) -> torch.Tensor:
+    """(B,) minimum of each event's stretch of ``values`` (L,), event e holding ``values[starts[e]:
+    starts[e + 1]]``; +inf for an event with none. (A segmented reduction: far cheaper than a
+    scatter over L entries.)"""
+    flat = values.numpy()
+    if not len(flat):
+        return torch.full((len(starts),), float("inf"))
+    out = np.minimum.reduceat(flat, np.minimum(starts, len(flat) - 1))
+    out[np.diff(starts, append=len(flat)) == 0] = np.inf
+    return torch.from_numpy(out)
 
 
 def detect(photons: torch.Tensor, t_opt: torch.Tensor, rng: np.random.Generator, gen: torch.Generator,
@@ -105,7 +120,7 @@ def detect(photons: torch.Tensor, t_opt: torch.Tensor, rng: np.random.Generator,
     lit = nphe > 0
     if dead.numel():
         lit.index_fill_(1, dead, False)
-    where = lit.view(-1).nonzero().squeeze(1)  # (L,) flat indices of the lit sensors
+    where = flat_nonzero(lit)  # (L,) flat indices of the lit sensors, ascending
     n = nphe.view(-1).index_select(0, where)
     # time (ns): flight + optical path + first-photon scintillation delay + jitter
     expo = torch.from_numpy(rng.standard_exponential(len(where), dtype=np.float32))
@@ -115,10 +130,10 @@ def detect(photons: torch.Tensor, t_opt: torch.Tensor, rng: np.random.Generator,
     time.addcmul_(inv_n.mul_(JITTER_SINGLE_PE**2).add_(JITTER_FLOOR**2).sqrt_(), jitter)
     # event of each lit sensor: (index + 1/2) / S is at least 1e-4 away from an integer
     event = where.float().add_(0.5).mul_(1.0 / s).long()
-    inf = torch.full((b,), float("inf"))
-    t_ref = inf.scatter_reduce(0, event, torch.where(n > REFERENCE_NPHE, time, float("inf")), "amin")
+    starts = np.searchsorted(where.numpy(), np.arange(b) * s)  # each event's first entry in `where`
+    t_ref = event_minimum(torch.where(n > REFERENCE_NPHE, time, float("inf")), starts)
     if not bool(torch.isfinite(t_ref).all()):  # a very dim event: any lit sensor, else the optics
-        fallback = inf.scatter_reduce(0, event, time, "amin")
+        fallback = event_minimum(time, starts)
         fallback = torch.where(torch.isfinite(fallback), fallback, t_opt.amin(1))
         t_ref = torch.where(torch.isfinite(t_ref), t_ref, fallback)
     rel.view(-1).index_copy_(0, where, time.sub_(t_ref.index_select(0, event)).mul_(1e-9))

@@ -61,7 +61,7 @@ class SimSpec:
         if self.detector != "realistic":
             query.append(f"detector={self.detector}")
         query += [f"{key}={value}" for key, value in (("disable", self.disable), ("enable", self.enable)) if value]
-        query += [f"{key}={value:g}" for key, value in self.params]
+        query += [f"{key}={value}" if isinstance(value, int) else f"{key}={value:g}" for key, value in self.params]
         return f"{SIM_SCHEME}{parse_spectrum(self.spectrum).name}?{'&'.join(query)}"
 
 

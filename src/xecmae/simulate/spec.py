@@ -13,7 +13,7 @@ scattering     Rayleigh scattering: direct light removed by exp(-d / lambda_R), 
                isotropically from scattering points of a fixed quadrature around the shower
 absorption     absorption of direct and scattered light, exp(-d / lambda_abs)
 angular        sensor angular acceptance: MPPC Fresnel (xenon -> silicon), PMT quartz window
-gains          per-channel efficiency and gain miscalibration, fixed per (seed, run)
+gains          per-channel efficiency and gain miscalibration, fixed per (calibration_seed, run)
 excess_noise   excess noise factor on the photoelectron variance (crosstalk, afterpulsing)
 dead_clusters  dead channels in whole readout boards as well as scattered ones
 pileup         a second, lower-energy gamma overlaid in a time window (off by default)
@@ -31,6 +31,8 @@ xenon_index           1.69    LXe index for interface optics, 178 nm        1.61
 pmt_window_index      1.60    fused quartz at 178 nm                        1.57-1.62
 efficiency_spread     0.05    per-channel PDE miscalibration (sigma)        0.03-0.05
 gain_spread           0.05    per-channel gain miscalibration (sigma)       0.03-0.05 (+-5% used)
+calibration_seed      1       which detector: with the run it fixes the     any integer >= 0
+                              channel calibration (not the event seed)
 excess_noise          1.2     MPPC crosstalk and afterpulsing (ENF)         1.1-1.3
 radiation_length      2.87    X0 of LXe (PDG: 8.48 g/cm^2 at 2.95 g/cm^3)    2.77-2.87 cm
 moliere_radius        5.22    LXe Moliere radius (PDG)                      4.1-5.2 cm
@@ -64,6 +66,7 @@ _LENGTHS = ("scattering_length", "absorption_length", "radiation_length", "molie
             "brems_energy", "pileup_window", "profile_rate", "profile_shape", "share_shape")
 _FRACTIONS = ("efficiency_spread", "gain_spread", "leakage_mean", "board_fraction", "pileup_probability")
 _COUNTS = ("scatter_rays", "shower_deposits", "board_channels")
+_INTEGERS = (*_COUNTS, "calibration_seed")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class DetectorSpec:
     pmt_window_index: float = 1.60
     efficiency_spread: float = 0.05
     gain_spread: float = 0.05
+    calibration_seed: int = 1
     excess_noise: float = 1.2
     radiation_length: float = 2.87
     moliere_radius: float = 5.22
@@ -116,6 +120,9 @@ class DetectorSpec:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"detector parameter {key}={value!r}: must be a whole number >= 1")
+        seed = self.calibration_seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise UserError(f"detector parameter calibration_seed={seed!r}: must be a whole number >= 0")
         if self.scatter_rays not in (4, 6):
             raise UserError(f"detector parameter scatter_rays={self.scatter_rays!r}: must be 4 or 6")
         if not (math.isfinite(self.excess_noise) and self.excess_noise >= 1.0):
@@ -159,7 +166,7 @@ def parse_parameter(text: str) -> tuple[str, float | int]:
     key = key.strip()
     if not sep or key not in PARAMETERS:
         raise UserError(f"detector parameter {text!r}: use NAME=VALUE with NAME one of {', '.join(PARAMETERS)}")
-    kind = int if key in _COUNTS else float
+    kind = int if key in _INTEGERS else float
     try:
         return key, kind(raw)
     except ValueError:
