@@ -43,7 +43,9 @@ import torch
 from xecmae.analysis.analyze import analyze, face_table, format_table
 from xecmae.analysis.predictions import PredictionWriter
 from xecmae.apps.fill import load_inpainter
+from xecmae.commands import add_dead_channels_option
 from xecmae.config import validate
+from xecmae.data.deadchannels import dead_channels
 from xecmae.data.stream import make_loader
 from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import MAE_LAST, load_checkpoint
@@ -160,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector", default="realistic", choices=("realistic", "ideal"),
                         help="detector response of the simulated events (default realistic)")
     parser.add_argument("--keep", default=None, help="keep the simulated files, run and prediction files here")
+    add_dead_channels_option(parser, "dead channels of the simulated files (default: 1%% of the generator's)")
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.eval_events, args.steps = 512, 64, 10
+    dead = {"dead_map": dead_channels(args.dead_channels, run=1)} if args.dead_channels else {}
     if args.events < args.batch_size:
         parser.error(f"--events {args.events} is smaller than one batch of {args.batch_size}")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -174,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         train_file, val_file = root / "train.root", root / "heldout.root"
         if args.checkpoint is None:
-            write_root(train_file, args.events, EventGenerator(seed=1000 + args.seed, detector=args.detector),
+            write_root(train_file, args.events, EventGenerator(seed=1000 + args.seed, detector=args.detector, **dead),
                        progress=False)
-        write_root(val_file, args.eval_events, EventGenerator(seed=2000 + args.seed, detector=args.detector),
+        write_root(val_file, args.eval_events, EventGenerator(seed=2000 + args.seed, detector=args.detector, **dead),
                    progress=False)
         simulate_s = time.perf_counter() - started
 

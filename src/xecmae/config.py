@@ -299,6 +299,17 @@ class TimeInputConfig(Section):
     """Photons below which a sensor's time is invalid input."""
 
 
+class DeadChannelTrainingConfig(Section):
+    """Random dead channels hidden from the regressor in every training batch (:mod:`xecmae.train.deadtraining`)."""
+
+    fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Fraction of the 4,760 sensors dead in each training event, drawn anew per event; 0 = off."""
+    clustered: bool = True
+    """About half of them in whole readout boards, as in the realistic generator's maps; false = scattered."""
+    varying: bool = False
+    """Each event's fraction uniform in [0, fraction] rather than exactly fraction."""
+
+
 class RegressionTrainingConfig(OptimConfig):
     loss_fn: LossName = "smooth_l1"
     loss_beta: Annotated[float, Field(gt=0)] = 1.0
@@ -309,6 +320,7 @@ class RegressionTrainingConfig(OptimConfig):
     encoder_lr: Annotated[float, Field(ge=0)] | None = None
     """Learning rate of the encoder (null = training.lr); ignored when the encoder is frozen."""
     time: TimeInputConfig = TimeInputConfig()
+    dead_channels: DeadChannelTrainingConfig = DeadChannelTrainingConfig()
 
 
 class FiducialConfig(Section):

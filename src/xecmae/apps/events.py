@@ -4,6 +4,8 @@ Inputs are anything :func:`xecmae.data.sources.resolve_inputs` accepts (files, g
 directories, lists of them). Every file is checked before the first event is read: the tree,
 the sensor branches (any names), and the optional ``run``/``event`` and truth branches it has,
 so a bad file is refused before any output exists. Empty trees are skipped with a warning.
+Dead channels given by the user (:mod:`xecmae.data.deadchannels`) are set invalid (1e10) on
+top of what the files already mark; a per-run table must hold every run of the files.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xecmae.data.deadchannels import DeadChannels, apply_dead_channels
 from xecmae.data.rootio import ID_BRANCHES, TRUTH_SHAPES, DataError, check_branches, get_tree, open_file, read_range
 from xecmae.data.sources import is_sim, resolve_inputs
 from xecmae.errors import UserError
@@ -38,6 +41,8 @@ class EventSource:
     tree: str = "tree"
     npho_branch: str = "npho"
     time_branch: str = "relative_time"
+    dead: DeadChannels | None = None
+    """Channels to treat as dead besides those the files mark."""
 
     def plan(self, need_truth: Sequence[str] = ()) -> list[InputFile]:
         """Check every file; ``need_truth`` branches must be present in all of them."""
@@ -61,6 +66,11 @@ class EventSource:
                 ids = all(name in present for name in ID_BRANCHES)
                 if ids:
                     check_branches(tree, path, {name: () for name in ID_BRANCHES})
+                if self.dead is not None and self.dead.per_run:
+                    if not ids:
+                        raise UserError(f"{path}: no run branch, which the per-run dead-channel table "
+                                        f"{self.dead.source} needs")
+                    self.dead.check_runs(tree["run"].array(library="np"), where=path)
                 planned.append(InputFile(path, entries, ids, truth))
         if not planned:
             raise DataError(f"no events: all {len(files)} input file(s) have empty trees")
@@ -69,7 +79,8 @@ class EventSource:
     def chunks(self, planned: Sequence[InputFile], chunk_events: int) -> Iterator[dict[str, np.ndarray]]:
         """Dicts of ``npho``, ``time`` float32 (n, 4760), ``run``, ``event`` int64 and the truth present.
 
-        Files without ``run``/``event`` get run -1 and the entry number as event.
+        Files without ``run``/``event`` get run -1 and the entry number as event. The
+        :attr:`dead` channels carry the 1e10 dead marker in npho and time.
         """
         for item in planned:
             names = [self.npho_branch, self.time_branch, *item.truth] + list(ID_BRANCHES) * item.has_ids
@@ -86,6 +97,9 @@ class EventSource:
                     out["event"] = np.arange(start, start + n, dtype=np.int64)
                 for name in item.truth:
                     out[name] = np.asarray(arrays[name])
+                if self.dead is not None:
+                    out["npho"], out["time"] = apply_dead_channels(out["npho"], out["time"],
+                                                                   self.dead.masks(out["run"]))
                 start += n
                 yield out
 

@@ -4,6 +4,7 @@ The output is a copy of the input tree, every branch kept, with the dead channel
 and ``relative_time`` replaced by the model's prediction (photons and seconds) and a new
 per-sensor boolean branch ``filled``. Healthy channels are copied bit for bit. Only channels
 dead in npho (1e10, NaN or inf) are filled; a dim sensor's time is real data and stays.
+Channels given as dead (``dead``, :mod:`xecmae.data.deadchannels`) are filled as well.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from xecmae.apps.trained import check_run_options, load_trained
+from xecmae.data.deadchannels import DeadChannels, apply_dead_channels
 from xecmae.errors import UserError
 from xecmae.models import XEC_MAE
 from xecmae.train.rundir import partial_name
@@ -55,8 +57,10 @@ def fill_chunk(model: XEC_MAE, npho: np.ndarray, time: np.ndarray, batch_size: i
 
 def fill_dead_channels(checkpoint: str | Path, input_path: str | Path, output_path: str | Path, *,
                        tree_name: str = "tree", npho_branch: str = "npho", time_branch: str = "relative_time",
-                       chunk_events: int = 1024, batch_size: int = 64, device: str = "cpu") -> dict[str, int]:
-    """Write ``output_path``: the input with dead channels filled. Returns event and channel counts."""
+                       chunk_events: int = 1024, batch_size: int = 64, device: str = "cpu",
+                       dead: DeadChannels | None = None) -> dict[str, int]:
+    """Write ``output_path``: the input with dead channels filled (those it marks and ``dead``'s).
+    Returns event and channel counts."""
     from xecmae.data.rootio import check_branches, get_tree, open_file
 
     input_path, output_path = str(input_path), Path(output_path)
@@ -68,8 +72,13 @@ def fill_dead_channels(checkpoint: str | Path, input_path: str | Path, output_pa
         if tree.num_entries == 0:
             raise UserError(f"{input_path}: tree {tree_name!r} has no entries: nothing to fill")
         check_branches(tree, input_path, {npho_branch: (4760,), time_branch: (4760,)})
+        if dead is not None and dead.per_run:
+            if "run" not in list(tree.keys()):
+                raise UserError(f"{input_path}: no run branch, which the per-run dead-channel table "
+                                f"{dead.source} needs")
+            dead.check_runs(tree["run"].array(library="np"), where=input_path)
         counts = _write_filled(tree, model, dev, input_path, output_path, npho_branch, time_branch, tree_name,
-                               chunk_events, batch_size)
+                               chunk_events, batch_size, dead)
     log.info("%s: %d events, %d dead channels filled (%.2f per event)", output_path, counts["events"],
              counts["filled_channels"], counts["filled_channels"] / max(counts["events"], 1))
     return counts
@@ -84,7 +93,8 @@ def check_request(input_path: str, output_path: Path, chunk_events: int, batch_s
 
 
 def _write_filled(tree, model: XEC_MAE, dev: torch.device, input_path: str, output_path: Path, npho_branch: str,
-                  time_branch: str, tree_name: str, chunk_events: int, batch_size: int) -> dict[str, int]:
+                  time_branch: str, tree_name: str, chunk_events: int, batch_size: int,
+                  dead: DeadChannels | None = None) -> dict[str, int]:
     """Stream ``tree`` through :func:`fill_chunk` into ``output_path``, written atomically."""
     from xecmae.data.rootio import write_tree
 
@@ -96,7 +106,11 @@ def _write_filled(tree, model: XEC_MAE, dev: torch.device, input_path: str, outp
                 jagged = [k for k, v in arrays.items() if v.dtype == object]
                 if jagged:
                     raise UserError(f"{input_path}: variable-length branches are not supported: {', '.join(jagged)}")
-                npho, time, filled = fill_chunk(model, arrays[npho_branch], arrays[time_branch], batch_size, dev)
+                npho, time = arrays[npho_branch], arrays[time_branch]
+                if dead is not None:
+                    runs = arrays["run"] if "run" in arrays else np.full(len(npho), -1)
+                    npho, time = apply_dead_channels(npho, time, dead.masks(runs))
+                npho, time, filled = fill_chunk(model, npho, time, batch_size, dev)
                 arrays[npho_branch], arrays[time_branch], arrays[FILLED_BRANCH] = npho, time, filled
                 counts["events"] += len(npho)
                 counts["filled_channels"] += int(filled.sum())

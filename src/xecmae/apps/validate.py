@@ -164,6 +164,17 @@ def check_output_dir(out_dir: Path) -> None:
         raise UserError(f"cannot write into {out_dir}: {target} is not writable")
 
 
+def validation_config(trained, config: dict | None, cuts: dict[str, float] | None) -> ValidationConfig:
+    """The checkpoint's ``validation`` section, updated by ``config`` (a mapping) and then ``cuts``."""
+    from xecmae.config import validate as validate_config
+
+    settings = trained.cfg.validation.model_dump()
+    for key, value in (config or {}).items():
+        settings[key] = settings[key] | value if isinstance(value, dict) and key in settings else value
+    settings["fiducial"] |= {k: v for k, v in (cuts or {}).items() if v is not None}
+    return validate_config(settings, ValidationConfig)
+
+
 def validate_regressor(checkpoint: str | Path, inputs, out_dir: str | Path, *, source: EventSource | None = None,
                        cuts: dict[str, float] | None = None, config: dict | None = None, chunk_events: int = 1024,
                        batch_size: int = 256, device: str = "cpu", classical: bool = True,
@@ -178,13 +189,7 @@ def validate_regressor(checkpoint: str | Path, inputs, out_dir: str | Path, *, s
     check_output_dir(out_dir)
     source = source or EventSource(inputs)
     trained = load_trained(checkpoint, ("regressor",), "a resolution report", device)
-    settings = trained.cfg.validation.model_dump()
-    for key, value in (config or {}).items():
-        settings[key] = settings[key] | value if isinstance(value, dict) and key in settings else value
-    settings["fiducial"] |= {k: v for k, v in (cuts or {}).items() if v is not None}
-    from xecmae.config import validate as validate_config
-
-    cfg = validate_config(settings, ValidationConfig)
+    cfg = validation_config(trained, config, cuts)
     data = collect(trained, source, chunk_events, batch_size, device, classical)
     result = {"checkpoint": trained.describe(), "inputs": data["files"], **report(data, cfg)}
     out_dir.mkdir(exist_ok=True)

@@ -10,3 +10,16 @@ def announce_run_directory(run_dir: Path) -> int:
     if dist.context_from_env()[0] == 0:
         print(f"run directory: {run_dir}")
     return 0
+
+
+DEAD_CHANNELS_SOURCES = ("a text file of sensor ids, a per-run table (header 'run,sensor_id'), FILE.root:TREE/BRANCH, "
+                         "clustered:F[:SEED] or random:F[:SEED]")
+
+
+def add_dead_channels_option(parser, what: str) -> None:
+    """``--dead-channels SOURCE`` (alias ``--dead-map``), the one name of the option everywhere.
+
+    ``parser`` may be an argument group; ``what`` says what the channels do in this command.
+    """
+    parser.add_argument("--dead-channels", "--dead-map", dest="dead_channels", default=None, metavar="SOURCE",
+                        help=f"{what}: {DEAD_CHANNELS_SOURCES}")

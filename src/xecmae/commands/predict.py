@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from xecmae.commands import add_dead_channels_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="regressor, inpainter or MAE checkpoint")
@@ -22,19 +24,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=None,
                         help="events per model call (default 256 for a regressor, 64 for an inpainter)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_dead_channels_option(parser, "channels to treat as dead besides those the input marks (a regressor sees "
+                                     "them invalid, an inpainter fills them)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from xecmae.data.deadchannels import parse_dead_channels
     from xecmae.errors import UserError
     from xecmae.train.checkpoint import load_checkpoint
     from xecmae.train.initialize import checkpoint_kind
 
+    dead = parse_dead_channels(args.dead_channels) if args.dead_channels is not None else None
     kind = checkpoint_kind(load_checkpoint(args.checkpoint), args.checkpoint)
     if kind == "regressor":
         from xecmae.apps.events import EventSource
         from xecmae.apps.predict import predict_regression
 
-        source = EventSource(args.input, args.tree, args.npho_branch, args.time_branch)
+        source = EventSource(args.input, args.tree, args.npho_branch, args.time_branch, dead=dead)
         counts = predict_regression(args.checkpoint, args.input, args.output, source=source,
                                     chunk_events=args.chunk, device=args.device,
                                     batch_size=256 if args.batch is None else args.batch)
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"filling dead channels takes one input file, got {len(args.input)}")
     counts = fill_dead_channels(args.checkpoint, args.input[0], args.output, tree_name=args.tree,
                                 npho_branch=args.npho_branch, time_branch=args.time_branch,
-                                chunk_events=args.chunk, device=args.device,
+                                chunk_events=args.chunk, device=args.device, dead=dead,
                                 batch_size=64 if args.batch is None else args.batch)
     print(f"{args.output}: {counts['events']} events, {counts['filled_channels']} dead channels filled "
           "(branch 'filled' marks them)")

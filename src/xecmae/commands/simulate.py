@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from xecmae.commands import add_dead_channels_option
+
 DEFAULT_THREADS = 1
 
 EPILOG = """\
@@ -18,7 +20,8 @@ when complete. Without files, data.train_path: "sim://signal?seed=1" streams the
 examples:
   xecmae simulate --events 10000 --out signal.root --seed 1
   xecmae simulate --events 100000 --out flat.root --spectrum flat:15:60 --files 4
-  xecmae simulate --events 1000 --out run7.root --dead-map dead_ids.txt --run 7
+  xecmae simulate --events 1000 --out run7.root --dead-channels dead_ids.txt --run 7
+  xecmae simulate --events 1000 --out boards.root --dead-channels clustered:0.05:3
   xecmae simulate --events 1000 --out ideal.root --detector ideal
   xecmae simulate --events 1000 --out diffuse.root --disable gains,angular --detector-param scattering_length=30
 
@@ -40,8 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dead = parser.add_mutually_exclusive_group()
     dead.add_argument("--dead-fraction", type=float, default=0.01, metavar="F",
                       help="fraction of dead channels, fixed per seed and run (default 0.01)")
-    dead.add_argument("--dead-map", default=None, metavar="FILE",
-                      help="text file of dead sensor ids (replaces --dead-fraction)")
+    add_dead_channels_option(dead, "the dead channels (replaces --dead-fraction; a per-run table takes --run)")
     parser.add_argument("--files", type=int, default=1, metavar="K",
                         help="split the events into K files FILE_0.root ... (default 1)")
     parser.add_argument("--run", type=int, default=1, help="run number written to every event (default 1)")
@@ -65,8 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xecmae.data.deadchannels import dead_channels
     from xecmae.errors import UserError
-    from xecmae.simulate import EventGenerator, detector_spec, load_dead_map, write_root
+    from xecmae.simulate import EventGenerator, detector_spec, write_root
     from xecmae.simulate.spec import parse_parameter
 
     if args.events <= 0:
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--first-event must be >= 0, got {args.first_event}")
     detector = detector_spec(args.detector, args.disable, args.enable,
                              **dict(parse_parameter(text) for text in args.detector_param))
-    dead_map = load_dead_map(args.dead_map) if args.dead_map is not None else None
+    dead_map = dead_channels(args.dead_channels, run=args.run) if args.dead_channels is not None else None
     generator = EventGenerator(args.spectrum, seed=args.seed, dead_fraction=args.dead_fraction,
                                dead_map=dead_map, run=args.run, attenuation_length=args.attenuation_length,
                                detector=detector)

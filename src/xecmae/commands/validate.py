@@ -1,8 +1,14 @@
-"""``xecmae validate``: resolution report of a regressor checkpoint on ROOT files (JSON and PNG)."""
+"""``xecmae validate``: resolution report of a regressor checkpoint on ROOT files (JSON and PNG).
+
+With ``--robustness``: the same events with 0, 1, 5 and 10% of the sensors dead, each way of
+handling them (:mod:`xecmae.apps.robustness`), into robustness.json, robustness.md and robustness.png.
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from xecmae.commands import add_dead_channels_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,15 +28,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk", type=int, default=1024, help="events read at a time")
     parser.add_argument("--batch", type=int, default=256, help="events per model call")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_dead_channels_option(parser, "channels to treat as dead besides those the input marks")
+    rob = parser.add_argument_group("robustness against dead channels")
+    rob.add_argument("--robustness", action="store_true",
+                     help="resolution against the fraction of dead channels, per way of handling them")
+    rob.add_argument("--dead-fractions", default="0,0.01,0.05,0.1", metavar="LIST",
+                     help="fractions of the sensors made dead, on top of those already dead (default 0,0.01,0.05,0.1)")
+    rob.add_argument("--inpainter", default=None, metavar="CKPT", help="inpainter checkpoint that fills them")
+    rob.add_argument("--dead-trained", default=None, metavar="CKPT",
+                     help="a regressor fine-tuned with training.dead_channels, compared in the same table")
+    rob.add_argument("--dead-maps", default="clustered", choices=("clustered", "random"),
+                     help="the generator's maps: whole boards and scattered channels, or scattered only")
+    rob.add_argument("--dead-seed", type=int, default=0, help="seed of the dead maps (default 0)")
+    rob.add_argument("--max-events", type=int, default=None, help="read at most this many events")
 
 
 def run(args: argparse.Namespace) -> int:
     from xecmae.apps.events import EventSource
     from xecmae.apps.validate import REPORT, validate_regressor
     from xecmae.config import read_yaml
+    from xecmae.data.deadchannels import parse_dead_channels
 
     config = read_yaml(args.config).get("validation", {}) if args.config else None
-    source = EventSource(args.input, args.tree, args.npho_branch, args.time_branch)
+    dead = parse_dead_channels(args.dead_channels) if args.dead_channels is not None else None
+    source = EventSource(args.input, args.tree, args.npho_branch, args.time_branch, dead=dead)
+    if args.robustness:
+        return run_robustness(args, source, config)
     result = validate_regressor(args.checkpoint, args.input, args.output, source=source, config=config,
                                 cuts={"u_max": args.u_max, "v_max": args.v_max, "w_min": args.w_min},
                                 chunk_events=args.chunk, batch_size=args.batch, device=args.device,
@@ -42,4 +65,19 @@ def run(args: argparse.Namespace) -> int:
             beside = f"   classical {classical[name]:.4g}" if name in classical else ""
             print(f"  {name:28s} model {value:.4g}{beside}")
     print(f"{args.output}/{REPORT} and {len(result['figures'])} figures written")
+    return 0
+
+
+def run_robustness(args: argparse.Namespace, source, config: dict | None) -> int:
+    from xecmae.apps.robustness import robustness
+    from xecmae.apps.robustness_report import markdown_table
+
+    result = robustness(args.checkpoint, args.input, args.output, source=source, fractions=args.dead_fractions,
+                        inpainter=args.inpainter, dead_trained=args.dead_trained, map_kind=args.dead_maps,
+                        seed=args.dead_seed, max_events=args.max_events, config=config,
+                        cuts={"u_max": args.u_max, "v_max": args.v_max, "w_min": args.w_min},
+                        chunk_events=args.chunk, batch_size=args.batch, device=args.device,
+                        classical=not args.no_classical)
+    print(markdown_table(result), end="")
+    print(f"{', '.join(result['files'])} written")
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -37,29 +36,24 @@ def dead_mask_from_ids(ids: Sequence[int] | np.ndarray, source: str = "dead map"
         if not np.all(np.isfinite(as_float) & (as_float == np.round(as_float))):
             raise UserError(f"{source}: sensor ids must be whole numbers")
         arr = as_float.astype(np.int64)
-    bad = arr[(arr < 0) | (arr >= geo.N_SENSORS)]
+    bad = np.unique(arr[(arr < 0) | (arr >= geo.N_SENSORS)])
     if bad.size:
-        raise UserError(f"{source}: sensor id {int(bad[0])} is outside 0-{geo.N_SENSORS - 1}"
-                        + (f" ({bad.size} bad ids)" if bad.size > 1 else ""))
+        named = ", ".join(str(int(b)) for b in bad[:8]) + (f" and {bad.size - 8} more" if bad.size > 8 else "")
+        raise UserError(f"{source}: sensor id{'s' * (bad.size > 1)} {named} "
+                        f"{'are' if bad.size > 1 else 'is'} outside 0-{geo.N_SENSORS - 1}")
     mask = np.zeros(geo.N_SENSORS, dtype=bool)
     mask[arr] = True
     return mask
 
 
 def load_dead_map(path: str | os.PathLike) -> np.ndarray:
-    """Read a text file of dead sensor ids (whitespace or comma separated, ``#`` comments) -> bool mask."""
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"dead map {path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
-    ids: list[int] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        for token in line.split("#", 1)[0].replace(",", " ").split():
-            try:
-                ids.append(int(token))
-            except ValueError:
-                raise UserError(f"dead map {path} line {number}: {token!r} is not a sensor id") from None
-    return dead_mask_from_ids(np.array(ids, dtype=np.int64), source=f"dead map {path}")
+    """Read a text file of dead sensor ids (whitespace or comma separated, ``#`` comments) -> bool mask.
+
+    The reader of :func:`xecmae.data.deadchannels.read_id_file`; every bad token is named in one line.
+    """
+    from xecmae.data.deadchannels import read_id_file
+
+    return read_id_file(str(path))
 
 
 def random_dead_mask(fraction: float, seed: int, run: int) -> np.ndarray:

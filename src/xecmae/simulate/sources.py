@@ -16,7 +16,6 @@ import numpy as np
 
 from xecmae.data.sources import SIM_SCHEME
 from xecmae.errors import UserError
-from xecmae.simulate.deadmaps import load_dead_map
 from xecmae.simulate.generator import EventGenerator
 from xecmae.simulate.kinematics import parse_spectrum
 from xecmae.simulate.spec import PARAMETERS, DetectorSpec, detector_spec, parse_parameter
@@ -46,7 +45,9 @@ class SimSpec:
 
     def generator(self, epoch: int = 0) -> EventGenerator:
         """The event generator of one epoch (the dead channels are the same in every epoch)."""
-        dead = load_dead_map(self.dead_map) if self.dead_map else None
+        from xecmae.data.deadchannels import dead_channels
+
+        dead = dead_channels(self.dead_map, run=self.run) if self.dead_map else None
         return EventGenerator(self.spectrum, seed=self.seed, dead_fraction=self.dead_fraction, dead_map=dead,
                               run=self.run, epoch=epoch, attenuation_length=self.attenuation_length,
                               detector=self.detector_spec())
@@ -74,7 +75,8 @@ def parse_sim_url(url: str) -> SimSpec:
 
     SPECTRUM is ``signal`` (default when empty), ``flat:EMIN:EMAX`` (MeV) or ``background``.
     Keys: ``seed`` (default 0), ``events`` per epoch (default 100000), ``dead_fraction``
-    (default 0.01) or ``dead_map`` (a text file of sensor ids), ``run`` (default 1),
+    (default 0.01) or ``dead_map`` (a dead-channel source of :mod:`xecmae.data.deadchannels`: a
+    text file of sensor ids, a run table, ``FILE.root:TREE/BRANCH``, ``clustered:F[:SEED]``), ``run`` (default 1),
     ``attenuation_length`` (cm, default none), ``detector`` (realistic, the default, or ideal),
     ``disable`` / ``enable`` (comma-separated components) and the detector parameters by name.
     Examples: ``sim://signal?seed=1&events=100000``, ``sim://flat:15:60?seed=3&detector=ideal``.

@@ -24,6 +24,7 @@ from xecmae.config import RegressorConfig, RunConfig
 from xecmae.models.regressor import TASK_TARGETS, XECRegressor, build_regressor
 from xecmae.train import distributed as dist
 from xecmae.train.architecture import adopt_architecture
+from xecmae.train.deadtraining import with_dead_channels
 from xecmae.train.engine import RunSpec, fit
 from xecmae.train.initialize import checkpoint_kind, init_encoder
 from xecmae.train.losses import Stats, point_loss
@@ -149,9 +150,11 @@ def finetune(cfg: RegressorConfig, plot: RegressionPlot | None = None) -> Path:
     (the command line attaches :func:`xecmae.analysis.plots.plot_regression`); None = numbers only.
 
     The encoder's shape comes from ``checkpoint.resume_from`` when that names a checkpoint
-    (:func:`xecmae.train.architecture.adopt_architecture`).
+    (:func:`xecmae.train.architecture.adopt_architecture`). With ``training.dead_channels.fraction``
+    the training batches get random dead channels (:mod:`xecmae.train.deadtraining`).
     """
     cfg = adopt_architecture(cfg)
-    return fit(cfg, RunSpec(kind="regressor", build_model=build_regressor, objective=RegressionObjective(cfg),
+    objective = with_dead_channels(RegressionObjective(cfg), cfg.training.dead_channels)
+    return fit(cfg, RunSpec(kind="regressor", build_model=build_regressor, objective=objective,
                             truth=True, init_from=init_regressor(cfg), param_groups=encoder_lr_groups,
                             make_report=regression_report(plot)))
