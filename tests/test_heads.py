@@ -132,16 +132,16 @@ def test_an_mae_encoder_loads_into_a_maps_regressor_and_trains_end_to_end_with_t
                     tmp_path / "mae.pth")
     cfg = tiny_config(sim_data, tmp_path, schema=RegressorConfig,
                       model={"tasks": ["position", "energy"], "head": "maps", "classical_input": "centroid"},
-                      data={"batch_size": 64}, training={"epochs": 1, "lr": 1e-3, **NLL},
+                      data={"max_events": 64, "val_max_events": 32}, training={"epochs": 1, "lr": 1e-3, **NLL},
                       checkpoint={"run_name": "maps", "resume_from": str(tmp_path / "mae.pth")})
     spec = RunSpec(kind="regressor", build_model=build_regressor, objective=RegressionObjective(cfg), truth=True,
                    init_from=init_regressor(cfg), param_groups=encoder_lr_groups)
-    trainer = build_trainer(cfg, spec, torch.device("cpu"), total_steps=3)  # 192 events, batches of 64
+    trainer = build_trainer(cfg, spec, torch.device("cpu"), total_steps=2)
     for name, value in trainer.raw.encoder.state_dict().items():
         torch.testing.assert_close(value, mae[f"encoder.{name}"])
     run = finetune(cfg)
     ckpt = load_checkpoint(run / "regressor_checkpoint_last.pth")
-    assert ckpt["step"] == 3 and any(k.startswith("heads.heatmap.") for k in ckpt["model_state_dict"])
+    assert ckpt["step"] == 2 and any(k.startswith("heads.heatmap.") for k in ckpt["model_state_dict"])
     last = ckpt["history"][-1]
     for key in ("val/position_pull_width_u", "val/position_pull_width_w", "val/energy_pull_width",
                 "val/position_res_u_cm", "val/loss_position"):

@@ -295,6 +295,11 @@ class RegressorModelConfig(EncoderConfig):
     classical_input: Literal["none", "centroid"] = "none"
     """centroid: the light-weighted centroid of the brightest sensors and log total npho as extra head inputs."""
 
+    @field_validator("classical_input", mode="before")
+    @classmethod
+    def _none_spelled_out(cls, value):
+        return "none" if value is None else value  # --classical_input none arrives as null
+
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, value: list[str]) -> list[str]:

@@ -5,7 +5,8 @@ tokens, in which every grid face was average-pooled to 4 x 4: the spatial detail
 measurement needs is gone. :class:`MapHeads` reads the faces' feature maps *before* that pooling
 (:meth:`xecmae.models.encoder.XECEncoder.forward_maps`): one learned query per task attends over
 every position of every face (keys carry a positional embedding of the cell's position in cm)
-and over the six fused tokens; for ``position`` a soft-argmax on the inner face's map gives
+and over the six fused tokens, which every task's MLP also reads directly (an attention average
+alone forgets the amount of light, i.e. the energy); for ``position`` a soft-argmax on the inner face's map gives
 (u, v) as an expectation over the inner cells' (u, v) in cm, to which the network adds a learned
 correction (and w). Every geometric table is built once from :mod:`xecmae.geometry`.
 """
@@ -150,9 +151,12 @@ class MapHeads(nn.Module):
         self.face_embedding = nn.Parameter(torch.zeros(len(FACE_NAMES) + 1, map_dim))  # the last: fused tokens
         nn.init.trunc_normal_(self.face_embedding, std=0.02)
         self.key_norm = nn.LayerNorm(map_dim)
+        # an attention average forgets how much light there was: every head also reads the fused tokens
+        self.summary = nn.Sequential(nn.LayerNorm(len(FACE_NAMES) * encoder_dim),
+                                     nn.Linear(len(FACE_NAMES) * encoder_dim, map_dim))
         self.pool = AttentionPool(len(self.tasks), map_dim, max(1, map_dim // 16))  # heads of 16
         self.mlps = nn.ModuleDict({
-            task: nn.Sequential(nn.Linear(map_dim + extra, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            task: nn.Sequential(nn.Linear(2 * map_dim + extra, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                 nn.Linear(hidden, width)) for task, width in outputs.items()})
         self.heatmap = None
         if "position" in outputs:
@@ -184,10 +188,11 @@ class MapHeads(nn.Module):
             maps = {face: m.float() for face, m in maps.items()}
             keys = self.keys(tokens, maps)  # (B, N, d)
             pooled = self.pool(keys)  # (B, T, d)
+            summary = self.summary(tokens.flatten(1))  # (B, d)
             out = {}
             for t, task in enumerate(self.tasks):
-                features = pooled[:, t] if extra is None else torch.cat([pooled[:, t], extra.float()], dim=1)
-                out[task] = self.mlps[task](features)  # (B, out)
+                features = [pooled[:, t], summary] + ([] if extra is None else [extra.float()])
+                out[task] = self.mlps[task](torch.cat(features, dim=1))  # (B, 2 d + extra) -> (B, out)
             if self.heatmap is not None:
                 uv = self.soft_argmax_uv(maps["inner"])  # (B, 2)
                 position = out["position"]
