@@ -26,6 +26,8 @@ from xecmae.sizes import MODEL_SIZES, size_conflicts
 Channel = Literal["npho", "time"]
 PathSpec = str | list[str] | None
 LossName = Literal["smooth_l1", "mse", "l1", "huber"]
+RegressionLossName = Literal["smooth_l1", "mse", "l1", "huber", "gaussian_nll"]
+"""gaussian_nll: the head predicts a mean and a log-variance per component (a per-event sigma)."""
 
 
 class ConfigError(UserError, ValueError):
@@ -285,6 +287,18 @@ class RegressorModelConfig(EncoderConfig):
     tasks: list[Task] = ["position", "energy"]
     head_hidden: Annotated[int, Field(gt=0)] = 256
     freeze_encoder: bool = False
+    head: Literal["tokens", "maps"] = "tokens"
+    """tokens: an MLP on the six fused face tokens (the specification's head); maps: attention pooling over
+    every face's feature map before pooling, and a soft-argmax on the inner face for u, v."""
+    map_dim: Annotated[int, Field(gt=0, multiple_of=16)] = 64
+    """Width of the maps head's keys and queries (head: maps), in attention heads of 16."""
+    classical_input: Literal["none", "centroid"] = "none"
+    """centroid: the light-weighted centroid of the brightest sensors and log total npho as extra head inputs."""
+
+    @field_validator("classical_input", mode="before")
+    @classmethod
+    def _none_spelled_out(cls, value):
+        return "none" if value is None else value  # --classical_input none arrives as null
 
     @field_validator("tasks")
     @classmethod
@@ -311,10 +325,12 @@ class DeadChannelTrainingConfig(Section):
 
 
 class RegressionTrainingConfig(OptimConfig):
-    loss_fn: LossName = "smooth_l1"
+    loss_fn: RegressionLossName = "smooth_l1"
     loss_beta: Annotated[float, Field(gt=0)] = 1.0
-    task_loss_fn: dict[Task, LossName] = {}
-    """Per-task loss overriding loss_fn, e.g. {angle: l1}."""
+    task_loss_fn: dict[Task, RegressionLossName] = {}
+    """Per-task loss overriding loss_fn, e.g. {angle: l1} or {position: gaussian_nll}."""
+    nll_beta: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """beta-NLL: gaussian_nll terms weighted by the detached sigma^(2 beta); 0 = plain NLL, 0.5 often trains better."""
     task_weights: dict[Task, Annotated[float, Field(ge=0)]] = {}
     """Per-task weight of the loss (default 1)."""
     encoder_lr: Annotated[float, Field(ge=0)] | None = None
@@ -349,6 +365,14 @@ class RegressorConfig(RunConfig):
     training: RegressionTrainingConfig = RegressionTrainingConfig()
     validation: ValidationConfig = ValidationConfig()
     mlflow: MlflowConfig = MlflowConfig(experiment="xecmae-regressor")
+
+    def task_loss(self, task: str) -> str:
+        """The loss of one task: ``training.task_loss_fn`` when it names the task, else ``training.loss_fn``."""
+        return self.training.task_loss_fn.get(task, self.training.loss_fn)
+
+    def gaussian_tasks(self) -> tuple[str, ...]:
+        """The tasks whose heads predict a log-variance beside the mean (loss gaussian_nll)."""
+        return tuple(t for t in self.model.tasks if self.task_loss(t) == "gaussian_nll")
 
 
 SCHEMAS: dict[str, type[RunConfig]] = {"mae": MAEConfig, "inpainter": InpainterConfig, "regressor": RegressorConfig}

@@ -12,7 +12,8 @@ by the caller. Outputs:
 
 - encoder: ``tokens`` (B, 6, D), one token per face (inner, us, ds, outer, top, bottom);
 - regressor: one output per task, decoded to physical units: ``position`` (B, 3) (u, v, w) cm,
-  ``energy`` (B, 1) GeV, ``timing`` (B, 1) ns, ``angle`` (B, 2) (theta, phi) deg;
+  ``energy`` (B, 1) GeV, ``timing`` (B, 1) ns, ``angle`` (B, 2) (theta, phi) deg; then, for every
+  task trained with the Gaussian NLL, ``{task}_sigma`` of the same shape and units;
 - inpainter: ``npho_filled`` (B, 4760) photons and ``relative_time_filled`` (B, 4760) s (the input
   with every channel dead in npho replaced by the prediction; healthy channels unchanged) and
   ``filled`` (B, 4760) bool.
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from xecmae.geometry import FACE_NAMES
-from xecmae.models.regressor import TASK_TARGETS
+from xecmae.models.regressor import LOG_VAR, TASK_TARGETS
 from xecmae.neighbours import dense_weights, neighbour_weights
 
 INPUT_NAMES = ("npho", "relative_time")
@@ -62,6 +63,7 @@ class RegressorGraph(nn.Module):
         super().__init__()
         self.regressor = regressor
         self.tasks = tuple(regressor.tasks)
+        self.gaussian_tasks = tuple(getattr(regressor, "gaussian_tasks", ()))
         for task in self.tasks:
             spec = TASK_TARGETS[task]
             self.register_buffer(f"scale_{task}", torch.tensor(spec.scale), persistent=False)
@@ -71,12 +73,16 @@ class RegressorGraph(nn.Module):
     def output_units(self) -> dict[str, str]:
         text = {"position": "cm, float32 (batch, 3): u, v, w", "energy": "GeV, float32 (batch, 1)",
                 "timing": "ns, float32 (batch, 1)", "angle": "deg, float32 (batch, 2): theta, phi"}
-        return {task: text[task] for task in self.tasks}
+        return {task: text[task] for task in self.tasks} | {f"{task}_sigma": f"per-event sigma of {task}: {text[task]}"
+                                                            for task in self.gaussian_tasks}
 
     def forward(self, npho: torch.Tensor, relative_time: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, valid = self.regressor.normalizer(npho, relative_time)
         out = self.regressor(x, valid)  # {task: (B, size)} scaled
-        return tuple(out[t].float() * getattr(self, f"scale_{t}") + getattr(self, f"offset_{t}") for t in self.tasks)
+        values = tuple(out[t].float() * getattr(self, f"scale_{t}") + getattr(self, f"offset_{t}") for t in self.tasks)
+        sigmas = tuple(torch.exp(0.5 * out[t + LOG_VAR].float()) * getattr(self, f"scale_{t}")
+                       for t in self.gaussian_tasks)
+        return values + sigmas
 
 
 class InpainterGraph(nn.Module):

@@ -6,9 +6,11 @@ The output is a ROOT file with
   entry number), the prediction branches of :data:`xecmae.apps.regress.OUTPUT_BRANCHES`
   (``uvwPred``/``uPred``/``vPred``/``wPred``/``xyzPred`` cm, ``energyPred`` GeV and
   ``energyPredMeV`` MeV, ``timePred`` ns, ``emiAngPred``/``thetaPred``/``phiPred`` deg, for the
-  tasks the model has), and a copy of every truth branch all inputs have (``energyTruth``,
-  ``uvwTruth``, ...). The regression heads predict no per-event uncertainty, so no error
-  branch is written.
+  tasks the model has), the per-event sigma of every task trained with the Gaussian NLL
+  (:data:`xecmae.apps.regress.SIGMA_BRANCHES`: ``uvwSigma``/``uSigma``/``vSigma``/``wSigma`` cm,
+  ``energySigma`` GeV and ``energySigmaMeV``, ``timeSigma`` ns, ``emiAngSigma``/``thetaSigma``/
+  ``phiSigma`` deg; no sigma branch for a model trained without it), and a copy of every truth
+  branch all inputs have (``energyTruth``, ``uvwTruth``, ...).
 - a one-entry TTree ``metadata``: the checkpoint, model kind, weights (EMA or raw), tasks,
   normalisation, the input branch names, the units of every output branch and the software
   versions.
@@ -35,7 +37,7 @@ from tqdm import tqdm
 
 import xecmae
 from xecmae.apps.events import EventSource, common_truth
-from xecmae.apps.regress import OUTPUT_BRANCHES, prediction_branches, regressed_chunks
+from xecmae.apps.regress import output_units, prediction_branches, regressed_chunks
 from xecmae.apps.trained import Trained, check_run_options, load_trained
 from xecmae.errors import UserError
 from xecmae.train.rundir import check_writable, clean_stale_partials, partial_name
@@ -63,7 +65,7 @@ def check_output(output: Path, inputs: Sequence[str]) -> None:
 def metadata(trained: Trained, source: EventSource, files: Sequence[str], events: int) -> dict[str, str | float]:
     """The one entry of the ``metadata`` tree: strings and numbers a ROOT user can read."""
     norm = trained.normalizer
-    units = {name: unit for task in trained.model.tasks for name, unit in OUTPUT_BRANCHES[task].items()}
+    units = output_units(trained.model)
     return {**trained.describe(), "tasks": ",".join(trained.model.tasks),
             "normalization": json.dumps(asdict(norm)), "npho_threshold": float(norm.npho_threshold),
             "channels": f"{source.npho_branch} (photons),{source.time_branch} (s)",

@@ -4,7 +4,9 @@ Per task: bias (median residual), 68% half width and RMS, for position u, v, w (
 quantile of the 3D distance), energy (relative), time and angles (and the opening angle);
 residual histograms; resolution against the true u, v, w and energy in bins of about equal
 events. The classical estimate (:mod:`xecmae.apps.classical`) is reported beside the model
-for position and energy. Events are kept inside the fiducial volume on the true first
+for position and energy. A model trained with the Gaussian NLL also has its pulls,
+(pred - truth) / sigma per component (``*_pull_bias_*``, ``*_pull_width_*``: 1 when its sigma is
+right). Events are kept inside the fiducial volume on the true first
 interaction (:class:`xecmae.config.FiducialConfig`; |u| < 23.9, |v| < 67.9, w >= 0 cm by default).
 
 Writes into an output folder: ``validation.json`` (every number and every figure's data) and
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from xecmae.apps.classical import calibrated_energy, point_source_uvw, total_npho
 from xecmae.apps.events import EventSource
-from xecmae.apps.regress import regressed_chunks, truth_of
+from xecmae.apps.regress import SIGMA, regressed_chunks, truth_of
 from xecmae.apps.trained import check_run_options, load_trained
 from xecmae.config import FiducialConfig, ValidationConfig
 from xecmae.errors import UserError
@@ -35,6 +37,7 @@ from xecmae.models.regressor import TASK_TARGETS
 from xecmae.train.resolution import (
     COMPONENTS,
     binned_resolution,
+    pull_metrics,
     quantile_edges,
     residuals,
     resolution_metrics,
@@ -61,6 +64,7 @@ def collect(trained, source: EventSource, chunk_events: int, batch_size: int, de
     keep: dict[str, list[np.ndarray]] = {k: [] for k in ("uvw", "energy", "total_npho", "classical_uvw")}
     pred: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     truth: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    sigma: dict[str, list[np.ndarray]] = {t: [] for t in getattr(trained.model, "gaussian_tasks", ())}
     norm = trained.normalizer
     with tqdm(total=total, desc="validating", unit="ev", disable=None) as bar:
         for chunk, out in regressed_chunks(trained.model, source.chunks(planned, chunk_events), batch_size,
@@ -68,6 +72,8 @@ def collect(trained, source: EventSource, chunk_events: int, batch_size: int, de
             for task in tasks:
                 pred[task].append(out[task].astype(np.float64))
                 truth[task].append(truth_of(task, chunk))
+            for task in sigma:
+                sigma[task].append(out[task + SIGMA].astype(np.float64))
             keep["uvw"].append(np.asarray(chunk["uvwTruth"], np.float64).reshape(-1, 3))
             keep["energy"].append(np.asarray(chunk["energyTruth"], np.float64).reshape(-1))
             keep["total_npho"].append(total_npho(chunk["npho"], chunk["time"], norm))
@@ -76,7 +82,8 @@ def collect(trained, source: EventSource, chunk_events: int, batch_size: int, de
             bar.update(len(chunk["npho"]))
     joined = {k: np.concatenate(v) for k, v in keep.items() if v}
     return {"tasks": tasks, "pred": {t: np.concatenate(v) for t, v in pred.items()},
-            "truth": {t: np.concatenate(v) for t, v in truth.items()}, "files": [p.path for p in planned], **joined}
+            "truth": {t: np.concatenate(v) for t, v in truth.items()},
+            "sigma": {t: np.concatenate(v) for t, v in sigma.items()}, "files": [p.path for p in planned], **joined}
 
 
 def _histogram(values: np.ndarray, limit: float) -> dict[str, list]:
@@ -120,6 +127,8 @@ def report(data: dict[str, Any], cfg: ValidationConfig) -> dict[str, Any]:
         out["metrics"][method] = {}
         for task, p in preds.items():
             out["metrics"][method] |= resolution_metrics(task, p, truth[task])
+    for task, sigma in data.get("sigma", {}).items():
+        out["metrics"]["model"] |= pull_metrics(task, estimates["model"][task], truth[task], sigma[inside])
     for task in data["tasks"]:
         per_method = {m: residuals(task, preds[task], truth[task]) for m, preds in estimates.items() if task in preds}
         hists: dict[str, Any] = {}

@@ -32,10 +32,16 @@ class ConvNeXtFaceEncoder(nn.Module):
                                         nn.Conv2d(width, 2 * width, kernel_size=2, stride=2))
         self.stage2 = nn.Sequential(*[ConvNeXtBlock(2 * width) for _ in range(3)])
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 4, H, W) -> the stage-2 map (B, 2C, H', W') before pooling (what a localising head reads)."""
+        return self.stage2(self.downsample(self.stage1(self.stem(x))))
+
+    def token(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, 2C, H', W') -> (B, 32 C) = (B, encoder_dim)."""
+        return F.adaptive_avg_pool2d(feature_map, TOKEN_GRID).flatten(1)  # (B, 2C, 4, 4) -> (B, 32 C)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stage2(self.downsample(self.stage1(self.stem(x))))  # (B, 2C, H', W')
-        x = F.adaptive_avg_pool2d(x, TOKEN_GRID)  # (B, 2C, 4, 4)
-        return x.flatten(1)  # (B, 32 C) = (B, encoder_dim)
+        return self.token(self.feature_map(x))
 
 
 class HexNeXtFaceEncoder(nn.Module):
@@ -47,8 +53,16 @@ class HexNeXtFaceEncoder(nn.Module):
         self.blocks = nn.Sequential(*[HexNeXtBlock(HEX_DIM) for _ in range(depth)])
         self.head = nn.Sequential(nn.LayerNorm(HEX_DIM), nn.Linear(HEX_DIM, encoder_dim))
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 73, 4) -> per-node features (B, 73, 96) before the mean over nodes."""
+        return self.blocks(self.stem(x))
+
+    def token(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, 73, 96) -> (B, encoder_dim)."""
+        return self.head(feature_map.mean(dim=1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)).mean(dim=1))
+        return self.token(self.feature_map(x))
 
 
 class XECEncoder(nn.Module):
@@ -79,7 +93,19 @@ class XECEncoder(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         faces = self.faces.to_faces(x.float(), valid)
         tokens = torch.stack([self.backbones[f](faces[f]) for f in FACE_NAMES], dim=1)  # (B, 6, D)
-        return self.norm(self.fusion(tokens + self.face_embedding))  # (B, 6, D)
+        return self.fuse(tokens)  # (B, 6, D)
+
+    def fuse(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 6, D) per-face tokens -> (B, 6, D) fused by the Transformer."""
+        return self.norm(self.fusion(tokens + self.face_embedding))
+
+    def forward_maps(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The fused tokens (B, 6, D) and every face's feature map before pooling: grids (B, 2C, H', W'),
+        top/bottom (B, 73, 96). Same weights and same tokens as :meth:`forward`."""
+        faces = self.faces.to_faces(x.float(), valid)
+        maps = {f: self.backbones[f].feature_map(faces[f]) for f in FACE_NAMES}
+        tokens = torch.stack([self.backbones[f].token(maps[f]) for f in FACE_NAMES], dim=1)  # (B, 6, D)
+        return self.fuse(tokens), maps
 
 
 class EncoderModel(nn.Module):

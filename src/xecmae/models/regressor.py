@@ -1,7 +1,10 @@
-"""XECRegressor: the shared encoder and one small MLP head per reconstruction task.
+"""XECRegressor: the shared encoder and one small head per reconstruction task.
 
-Heads see all six face tokens (concatenated), and predict targets in scaled units (see
-:data:`TASK_TARGETS`) so every task's loss is of order one.
+By default (``model.head: tokens``, the specification's head) every head is an MLP on all six
+face tokens (concatenated); ``head: maps`` reads the faces' feature maps instead
+(:class:`xecmae.models.heads.MapHeads`). Heads predict targets in scaled units (see
+:data:`TASK_TARGETS`) so every task's loss is of order one; a task trained with ``gaussian_nll``
+also predicts a log-variance per component, output as ``{task}_log_var``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from torch import nn
 
 from xecmae.geometry import FACE_NAMES
 from xecmae.models.encoder import EncoderModel, XECEncoder
+from xecmae.models.heads import CLASSICAL_FEATURES, CentroidEstimate, MapHeads, bounded_log_var
 from xecmae.models.precision import in_fp32
 from xecmae.normalize import Normalizer
 
@@ -37,6 +41,12 @@ class TaskTarget:
         return torch.stack([target[:, k] * s + o for k, (o, s) in enumerate(zip(self.offset, self.scale,
                                                                                   strict=True))], dim=1)
 
+    def decode_sigma(self, log_var: torch.Tensor) -> torch.Tensor:
+        """(B, size) log-variance in scaled units -> sigma in the truth's units."""
+        return torch.stack([torch.exp(0.5 * log_var[:, k]) * s for k, s in enumerate(self.scale)], dim=1)
+
+
+LOG_VAR = "_log_var"  # output key suffix of a task's log-variance, e.g. position_log_var
 
 TASK_TARGETS: dict[str, TaskTarget] = {
     "position": TaskTarget("uvwTruth", 3, (10.0, 10.0, 10.0), (0.0, 0.0, 0.0), "cm"),
@@ -47,43 +57,79 @@ TASK_TARGETS: dict[str, TaskTarget] = {
 
 
 class RegressionHead(nn.Module):
-    """Six face tokens (B, 6, D) -> (B, out)."""
+    """Six face tokens (B, 6, D) -> (B, out); ``extra`` classical features (B, extra) join the first layer."""
 
-    def __init__(self, encoder_dim: int, hidden: int, out: int):
+    def __init__(self, encoder_dim: int, hidden: int, out: int, extra: int = 0):
         super().__init__()
         tokens = len(FACE_NAMES) * encoder_dim
         self.mlp = nn.Sequential(nn.LayerNorm(tokens), nn.Linear(tokens, hidden), nn.GELU(),
                                  nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
+        self.extra = nn.Linear(extra, hidden) if extra else None
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return in_fp32(self.mlp, tokens.flatten(1))  # small, and its outputs are energies and positions
+    def forward(self, tokens: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        if self.extra is None:
+            return in_fp32(self.mlp, tokens.flatten(1))  # small, and its outputs are energies and positions
+        with torch.autocast(tokens.device.type, enabled=False):
+            first = self.mlp[:2](tokens.flatten(1).float()) + self.extra(extra.float())  # (B, hidden)
+            return self.mlp[2:](first)
 
 
 class XECRegressor(EncoderModel):
     """Encoder + heads: (B, 4760, 2) values and validity -> {task: (B, size) scaled targets}."""
 
     def __init__(self, normalizer: Normalizer, tasks: tuple[str, ...], *, head_hidden: int = 256,
-                 freeze_encoder: bool = False, **encoder_kwargs):
+                 freeze_encoder: bool = False, head: str = "tokens", map_dim: int = 64, classical_input: str = "none",
+                 gaussian_tasks: tuple[str, ...] = (), **encoder_kwargs):
         super().__init__()
         unknown = set(tasks) - set(TASK_TARGETS)
         if unknown or not tasks:
             raise ValueError(f"unknown task(s) {sorted(unknown)}; choose from {', '.join(TASK_TARGETS)}")
+        if head not in ("tokens", "maps") or classical_input not in ("none", "centroid"):
+            raise ValueError(f"head must be tokens or maps ({head!r}), classical_input none or centroid "
+                             f"({classical_input!r})")
         self.tasks = tuple(tasks)
+        self.gaussian_tasks = tuple(t for t in self.tasks if t in gaussian_tasks)
+        self.head_kind = head
         self.normalizer = normalizer
         self.encoder = XECEncoder(normalizer, **encoder_kwargs)
         dim = self.encoder.encoder_dim
-        self.heads = nn.ModuleDict({t: RegressionHead(dim, head_hidden, TASK_TARGETS[t].size) for t in self.tasks})
+        extra = CLASSICAL_FEATURES if classical_input == "centroid" else 0
+        self.classical = CentroidEstimate(normalizer) if extra else None
+        outputs = {t: TASK_TARGETS[t].size * (2 if t in self.gaussian_tasks else 1) for t in self.tasks}
+        if head == "tokens":
+            self.heads = nn.ModuleDict({t: RegressionHead(dim, head_hidden, outputs[t], extra) for t in self.tasks})
+        else:
+            self.heads = MapHeads(dim, outputs, hidden=head_hidden, map_dim=map_dim, extra=extra,
+                                  position_scale=TASK_TARGETS["position"].scale[:2],
+                                  outer_mode=encoder_kwargs.get("outer_mode", "finegrid"),
+                                  outer_fine_pool=encoder_kwargs.get("outer_fine_pool"))
         self.set_encoder_frozen(freeze_encoder)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        tokens = self.encoder(x, valid)  # (B, 6, D)
-        return {task: head(tokens) for task, head in self.heads.items()}
+        extra = None if self.classical is None else self.classical(x, valid)  # (B, 5)
+        if self.head_kind == "maps":
+            tokens, maps = self.encoder.forward_maps(x, valid)  # (B, 6, D), {face: map}
+            raw = self.heads(tokens, maps, extra)
+        else:
+            tokens = self.encoder(x, valid)  # (B, 6, D)
+            raw = {task: head(tokens, extra) for task, head in self.heads.items()}
+        if not self.gaussian_tasks:
+            return raw
+        out = {}
+        for task, value in raw.items():
+            size = TASK_TARGETS[task].size
+            out[task] = value[:, :size]
+            if task in self.gaussian_tasks:
+                out[task + LOG_VAR] = bounded_log_var(value[:, size:])  # (B, size)
+        return out
 
 
 def build_regressor(cfg) -> XECRegressor:
     """The regressor described by a :class:`xecmae.config.RegressorConfig`."""
     m = cfg.model
     return XECRegressor(cfg.normalizer(), tuple(m.tasks), head_hidden=m.head_hidden, freeze_encoder=m.freeze_encoder,
-                        encoder_dim=m.encoder_dim, dim_feedforward=m.dim_feedforward,
-                        num_fusion_layers=m.num_fusion_layers, num_heads=m.num_heads, dropout=m.dropout,
+                        head=m.head, map_dim=m.map_dim, classical_input=m.classical_input,
+                        gaussian_tasks=cfg.gaussian_tasks(), encoder_dim=m.encoder_dim,
+                        dim_feedforward=m.dim_feedforward, num_fusion_layers=m.num_fusion_layers,
+                        num_heads=m.num_heads, dropout=m.dropout,
                         outer_mode=m.outer_mode, outer_fine_pool=m.outer_fine_pool)

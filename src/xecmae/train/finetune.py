@@ -21,28 +21,29 @@ import torch
 from torch import nn
 
 from xecmae.config import RegressorConfig, RunConfig
-from xecmae.models.regressor import TASK_TARGETS, XECRegressor, build_regressor
+from xecmae.models.regressor import LOG_VAR, TASK_TARGETS, XECRegressor, build_regressor
 from xecmae.train import distributed as dist
 from xecmae.train.architecture import adopt_architecture
 from xecmae.train.deadtraining import with_dead_channels
 from xecmae.train.engine import RunSpec, fit
 from xecmae.train.initialize import checkpoint_kind, init_encoder
-from xecmae.train.losses import Stats, point_loss
-from xecmae.train.resolution import resolution_metrics
+from xecmae.train.losses import Stats, gaussian_nll, point_loss
+from xecmae.train.resolution import pull_metrics, resolution_metrics
 from xecmae.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
 class RegressionObjective:
-    """Weighted sum over tasks of the mean point loss on scaled targets."""
+    """Weighted sum over tasks of the mean point loss (or Gaussian NLL) on scaled targets."""
 
     def __init__(self, cfg: RegressorConfig):
         t = cfg.training
         self.tasks = tuple(cfg.model.tasks)
-        self.loss_fn = {task: t.task_loss_fn.get(task, t.loss_fn) for task in self.tasks}
+        self.loss_fn = {task: cfg.task_loss(task) for task in self.tasks}
         self.weight = {task: t.task_weights.get(task, 1.0) for task in self.tasks}
         self.beta = t.loss_beta
+        self.nll_beta = t.nll_beta
 
     def __call__(self, model: nn.Module, raw: nn.Module, batch: dict[str, torch.Tensor],
                  generator: torch.Generator, autocast: Callable, training: bool) -> tuple[torch.Tensor, Stats, Any]:
@@ -54,7 +55,10 @@ class RegressionObjective:
         targets = {}
         for task in self.tasks:
             target = TASK_TARGETS[task].encode(batch[TASK_TARGETS[task].branch])  # (B, size)
-            loss = point_loss(pred[task].float(), target, self.loss_fn[task], self.beta).mean()
+            if self.loss_fn[task] == "gaussian_nll":
+                loss = gaussian_nll(pred[task].float(), pred[task + LOG_VAR].float(), target, self.nll_beta).mean()
+            else:
+                loss = point_loss(pred[task].float(), target, self.loss_fn[task], self.beta).mean()
             total = total + self.weight[task] * loss
             stats[f"loss_{task}"] = (loss.detach() * events, events)
             targets[task] = target
@@ -76,6 +80,7 @@ class RegressionReport:
         self.epoch, self.plot = epoch, plot
         self.pred: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         self.truth: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        self.sigma: dict[str, list[np.ndarray]] = {}
         self.depth: list[np.ndarray] = []
         self.metrics: dict[str, float] = {}
 
@@ -85,15 +90,20 @@ class RegressionReport:
             spec = TASK_TARGETS[task]
             self.pred[task].append(spec.decode(pred[task].float()).cpu().numpy())
             self.truth[task].append(spec.decode(targets[task]).cpu().numpy())
+            if task + LOG_VAR in pred:
+                self.sigma.setdefault(task, []).append(spec.decode_sigma(pred[task + LOG_VAR].float()).cpu().numpy())
         self.depth.append(batch["uvwTruth"][:, 2].float().cpu().numpy())
 
     def finish(self) -> dict[str, float]:
-        gathered = _gather({"pred": self.pred, "truth": self.truth, "depth": self.depth})
+        gathered = _gather({"pred": self.pred, "truth": self.truth, "depth": self.depth, "sigma": self.sigma})
         self.pred = {t: np.concatenate([a for g in gathered for a in g["pred"][t]]) for t in self.tasks}
         self.truth = {t: np.concatenate([a for g in gathered for a in g["truth"][t]]) for t in self.tasks}
         self.depth = np.concatenate([a for g in gathered for a in g["depth"]])
+        self.sigma = {t: np.concatenate([a for g in gathered for a in g["sigma"][t]]) for t in self.sigma}
         for task in self.tasks:
             self.metrics |= resolution_metrics(task, self.pred[task], self.truth[task])
+            if task in self.sigma:
+                self.metrics |= pull_metrics(task, self.pred[task], self.truth[task], self.sigma[task])
         return self.metrics
 
     def write(self, run_dir: Path, tracker: Tracker) -> None:

@@ -37,7 +37,8 @@ def checkpoint_kind(ckpt: Any, path: str = "checkpoint") -> str:
                     "with a model_state_dict, or bare encoder weights)")
 
 
-RESUME_KEYS = ("size", *ENCODER_KEYS, "decoder_dim", "predict_channels", "tasks")
+RESUME_KEYS = ("size", *ENCODER_KEYS, "decoder_dim", "predict_channels", "tasks", "head", "map_dim",
+               "classical_input")
 
 
 def compatibility_problems(saved: dict, cfg: RunConfig, model_keys: tuple[str, ...] = ENCODER_KEYS) -> list[str]:

@@ -60,6 +60,16 @@ def point_loss(pred: torch.Tensor, target: torch.Tensor, name: str, beta: float 
     raise ValueError(f"unknown loss_fn {name!r}; choose mse, l1, smooth_l1 or huber")
 
 
+def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+    """Elementwise Gaussian negative log-likelihood (without the constant), log_var = log sigma^2.
+
+    ``beta`` > 0 is beta-NLL (Seitzer et al. 2022): each term weighted by the detached sigma^(2 beta),
+    so badly fitted events do not learn their mean more slowly just because their sigma is large.
+    """
+    nll = 0.5 * (log_var + (target - mean).square() * torch.exp(-log_var))
+    return nll if beta == 0 else nll * torch.exp(beta * log_var).detach()
+
+
 def per_face_sum(values: torch.Tensor) -> torch.Tensor:
     """(B, 4760, C) -> (6, C) sums over events and the sensors of each face."""
     return torch.einsum("bnc,nf->fc", values, face_onehot(values.dtype, values.device))

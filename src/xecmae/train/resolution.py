@@ -93,6 +93,22 @@ def resolution_metrics(task: str, pred: np.ndarray, truth: np.ndarray) -> dict[s
     return out
 
 
+def pull_metrics(task: str, pred: np.ndarray, truth: np.ndarray, sigma: np.ndarray) -> dict[str, float]:
+    """Pulls (pred - truth) / sigma of a task with a per-event uncertainty; all (N, size), physical units.
+
+    ``{task}_pull_bias_{component}`` (median) and ``{task}_pull_width_{component}`` (68% half width: 1 when
+    sigma is right) per component; a one-component task drops the component (``energy_pull_width``).
+    For energy the pull is of the absolute energy, (E - E_true) / sigma_E.
+    """
+    out: dict[str, float] = {}
+    for k, component in enumerate(COMPONENTS[task]):
+        pull = (pred[:, k] - truth[:, k]) / sigma[:, k]
+        suffix = f"_{component}" if len(COMPONENTS[task]) > 1 else ""
+        out[f"{task}_pull_bias{suffix}"] = float(np.median(pull)) if pull.size else float("nan")
+        out[f"{task}_pull_width{suffix}"] = half_width_68(pull)
+    return out
+
+
 def binned_resolution(values: np.ndarray, residual: np.ndarray, edges: np.ndarray) -> dict[str, list[float]]:
     """Bias and 68% half width of ``residual`` in bins of ``values`` (bins with too few events: nan)."""
     centres, bias, width, counts = [], [], [], []

@@ -1,0 +1,196 @@
+"""Regression heads that localise (maps, soft-argmax, classical input) and the Gaussian NLL's per-event sigma."""
+
+import numpy as np
+import pytest
+import torch
+import uproot
+
+from conftest import tiny_config
+from xecmae.apps.export import export_model, onnx_parity
+from xecmae.apps.graphs import make_graph
+from xecmae.apps.predict import predict_regression
+from xecmae.apps.trained import load_trained
+from xecmae.apps.validate import validate_regressor
+from xecmae.config import RegressorConfig, validate
+from xecmae.models import build_mae
+from xecmae.models.heads import LOG_VAR_RANGE, bounded_log_var, key_positions, stage2_centres
+from xecmae.models.regressor import LOG_VAR, TASK_TARGETS, build_regressor
+from xecmae.simulate import EventGenerator
+from xecmae.train.checkpoint import load_checkpoint, save_checkpoint
+from xecmae.train.engine import RunSpec, build_trainer
+from xecmae.train.finetune import RegressionObjective, encoder_lr_groups, finetune, init_regressor
+from xecmae.train.losses import gaussian_nll
+from xecmae.train.resolution import pull_metrics
+
+NLL = {"task_loss_fn": {"position": "gaussian_nll", "energy": "gaussian_nll"}}
+
+
+def regressor_cfg(**model) -> RegressorConfig:
+    return validate({"model": {"size": "tiny", "tasks": ["position", "energy"], **model}, "training": NLL},
+                    RegressorConfig)
+
+
+@pytest.fixture(scope="module")
+def events():
+    return EventGenerator(seed=21, dead_fraction=0.02).generate(64)
+
+
+def inputs(model, events, n=4):
+    return model.normalizer(torch.from_numpy(events["npho"][:n]), torch.from_numpy(events["relative_time"][:n]))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("classical", ["none", "centroid"])
+@pytest.mark.parametrize("head", ["tokens", "maps"])
+def test_every_head_gives_its_shapes_and_every_trainable_parameter_a_gradient(events, head, classical, frozen):
+    torch.manual_seed(0)
+    model = build_regressor(regressor_cfg(head=head, classical_input=classical, freeze_encoder=frozen)).train()
+    with torch.no_grad():  # off the zero initialisations, so that no gradient is zero by construction
+        for p in model.heads.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    out = model(*inputs(model, events))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"position": (4, 3), "position" + LOG_VAR: (4, 3),
+                                                          "energy": (4, 1), "energy" + LOG_VAR: (4, 1)}
+    sum(v.square().sum() for v in out.values()).backward()
+    for name, p in model.named_parameters():
+        if frozen and name.startswith("encoder."):
+            assert p.grad is None, name
+        else:
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_the_maps_give_the_same_tokens_and_the_default_head_is_the_specifications(events):
+    torch.manual_seed(0)
+    cfg = validate({"model": {"size": "tiny", "tasks": ["position", "energy"]}}, RegressorConfig)
+    model = build_regressor(cfg).eval()
+    x, valid = inputs(model, events)
+    tokens, maps = model.encoder.forward_maps(x, valid)
+    assert torch.equal(tokens, model.encoder(x, valid))
+    assert maps["inner"].shape[2:] == (46, 21) and maps["top"].shape == (4, 73, 96)
+    out = model(x, valid)
+    assert set(out) == {"position", "energy"}  # no log-variance without gaussian_nll
+    assert torch.equal(out["position"], model.heads["position"].mlp(tokens.flatten(1)))
+    assert all(k.startswith(("encoder.", "heads.position.mlp.", "heads.energy.mlp.")) for k in model.state_dict())
+
+
+def test_key_positions_are_the_centres_of_the_stage2_footprints():
+    rows, cols = np.meshgrid(np.arange(20.0), np.arange(12.0), indexing="ij")
+    centres = stage2_centres(np.stack([rows, cols, np.zeros_like(rows)], -1)).reshape(9, 5, 3)
+    # an interior stage-2 cell a covers stem cells 2a, 2a + 1, which cover inputs 2a - 1 .. 2a + 3
+    np.testing.assert_allclose(centres[1:, 1:, 0], 2 * np.arange(1, 9)[:, None] + 1 + 0 * np.arange(1, 5))
+    np.testing.assert_allclose(centres[1:, 1:, 1], 2 * np.arange(1, 5)[None, :] + 1 + 0 * np.arange(1, 9)[:, None])
+    inner = key_positions()["inner"]  # (966, 3) cm, on the inner face (r = 64.97 cm)
+    assert inner.shape == (46 * 21, 3)
+    np.testing.assert_allclose(np.hypot(inner[:, 0].numpy(), inner[:, 1].numpy()), 64.97, atol=0.5)
+    assert inner[:, 2].min() < -28 and inner[:, 2].max() > 28  # the face spans u of about +-33 cm
+
+
+def test_the_log_variance_bound_is_smooth_and_the_identity_inside():
+    raw = torch.linspace(-40, 40, 801, requires_grad=True)
+    bounded = bounded_log_var(raw)
+    assert bounded.min() >= LOG_VAR_RANGE[0] and bounded.max() <= LOG_VAR_RANGE[1]
+    middle = (raw > -10) & (raw < 2)
+    torch.testing.assert_close(bounded[middle], raw[middle], atol=0.02, rtol=0)
+    bounded.sum().backward()
+    assert (raw.grad > 0).all()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_the_nll_learns_a_per_event_sigma_whose_pulls_have_unit_width(beta):
+    """A linear toy whose noise is known and varies per event by a factor 20: trained pulls have width ~1."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6000, 2, generator=gen) * 2 - 1
+    sigma = 0.05 * torch.exp(1.5 * (x[:, 1] + 1))  # 0.05 .. 1.0
+    y = (2 * x[:, 0] - x[:, 1] + sigma * torch.randn(6000, generator=gen))[:, None]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.GELU(), torch.nn.Linear(32, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=2e-2)
+    train, held = slice(0, 4000), slice(4000, None)
+    for _ in range(300):
+        out = net(x[train])
+        loss = gaussian_nll(out[:, :1], bounded_log_var(out[:, 1:]), y[train], beta).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        out = net(x[held])
+        predicted = torch.exp(0.5 * bounded_log_var(out[:, 1:]))
+    pulls = pull_metrics("timing", out[:, :1].numpy(), y[held].numpy(), predicted.numpy())
+    assert abs(pulls["timing_pull_width"] - 1) < 0.1 and abs(pulls["timing_pull_bias"]) < 0.1, pulls
+    assert np.corrcoef(predicted[:, 0].numpy(), sigma[held].numpy())[0, 1] > 0.95
+    for region in (x[held][:, 1] > 0.5, x[held][:, 1] < -0.5):  # a constant sigma would be wrong in both
+        pull = ((out[:, 0] - y[held][:, 0]) / predicted[:, 0])[region].numpy()
+        assert abs(np.percentile(pull, 84) - np.percentile(pull, 16) - 2) < 0.4
+
+
+def test_an_mae_encoder_loads_into_a_maps_regressor_and_trains_end_to_end_with_the_nll(sim_data, tmp_path):
+    mae_cfg = validate({"model": {"size": "tiny"}})
+    torch.manual_seed(1)
+    mae = build_mae(mae_cfg).state_dict()
+    mae = {k: v + 0.25 if v.is_floating_point() else v for k, v in mae.items()}  # unlike any fresh encoder
+    save_checkpoint({"kind": "mae", "model_state_dict": mae, "config": mae_cfg.model_dump(mode="json")},
+                    tmp_path / "mae.pth")
+    cfg = tiny_config(sim_data, tmp_path, schema=RegressorConfig,
+                      model={"tasks": ["position", "energy"], "head": "maps", "classical_input": "centroid"},
+                      data={"max_events": 64, "val_max_events": 32}, training={"epochs": 1, "lr": 1e-3, **NLL},
+                      checkpoint={"run_name": "maps", "resume_from": str(tmp_path / "mae.pth")})
+    spec = RunSpec(kind="regressor", build_model=build_regressor, objective=RegressionObjective(cfg), truth=True,
+                   init_from=init_regressor(cfg), param_groups=encoder_lr_groups)
+    trainer = build_trainer(cfg, spec, torch.device("cpu"), total_steps=2)
+    for name, value in trainer.raw.encoder.state_dict().items():
+        torch.testing.assert_close(value, mae[f"encoder.{name}"])
+    run = finetune(cfg)
+    ckpt = load_checkpoint(run / "regressor_checkpoint_last.pth")
+    assert ckpt["step"] == 2 and any(k.startswith("heads.heatmap.") for k in ckpt["model_state_dict"])
+    last = ckpt["history"][-1]
+    for key in ("val/position_pull_width_u", "val/position_pull_width_w", "val/energy_pull_width",
+                "val/position_res_u_cm", "val/loss_position"):
+        assert np.isfinite(last[key]), (key, last)
+
+
+@pytest.fixture(scope="module")
+def maps_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("maps")
+    cfg = regressor_cfg(head="maps", classical_input="centroid")
+    torch.manual_seed(0)
+    save_checkpoint({"kind": "regressor", "model_state_dict": build_regressor(cfg).state_dict(),
+                     "config": cfg.model_dump(mode="json"), "epoch": 1}, root / "maps.pth")
+    return root / "maps.pth"
+
+
+def test_predict_writes_the_sigma_branches_and_validate_the_pulls(sim_data, maps_checkpoint, tmp_path):
+    predict_regression(maps_checkpoint, sim_data["val"], tmp_path / "reco.root", chunk_events=40, batch_size=32)
+    with uproot.open(tmp_path / "reco.root") as f:
+        reco = f["tree"].arrays(library="np")
+    with uproot.open(sim_data["val"]) as f:
+        first = f["tree"].arrays(["npho", "relative_time"], library="np", entry_stop=8)
+    model = load_trained(maps_checkpoint, ("regressor",), "a test").model
+    with torch.no_grad():
+        out = model(*model.normalizer(torch.from_numpy(first["npho"]), torch.from_numpy(first["relative_time"])))
+    sigma = TASK_TARGETS["position"].decode_sigma(out["position" + LOG_VAR]).numpy()
+    np.testing.assert_allclose(reco["uvwSigma"][:8], sigma, rtol=1e-4)
+    np.testing.assert_array_equal(reco["wSigma"], reco["uvwSigma"][:, 2])
+    np.testing.assert_allclose(reco["energySigmaMeV"], reco["energySigma"] * 1000, rtol=1e-6)
+    assert (reco["energySigma"] > 0).all() and "timeSigma" not in reco
+    report = validate_regressor(maps_checkpoint, sim_data["val"], tmp_path / "val", classical=False, plots=False)
+    metrics = report["metrics"]["model"]
+    assert {"position_pull_width_u", "position_pull_bias_v", "energy_pull_width"} <= set(metrics)
+    inside = report["events"]["fiducial"]
+    assert inside > 0 and np.isfinite(metrics["position_pull_width_w"])
+
+
+def test_a_maps_regressor_exports_to_onnx_and_torchscript_with_parity(maps_checkpoint, events, tmp_path):
+    graph = make_graph(load_trained(maps_checkpoint, ("regressor",), "a test"), "regressor")
+    meta = export_model(maps_checkpoint, tmp_path / "maps.pt", "torchscript")
+    assert "position_sigma" in meta["outputs"] and "energy_sigma" in meta["outputs"]
+    loaded = torch.jit.load(str(tmp_path / "maps.pt"))
+    npho, rel_time = torch.from_numpy(events["npho"][:5]), torch.from_numpy(events["relative_time"][:5])
+    with torch.no_grad():
+        ours, ref = loaded(npho, rel_time), graph(npho, rel_time)
+    assert len(ref) == 4  # position, energy, then their sigmas
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    export_model(maps_checkpoint, tmp_path / "maps.onnx", "onnx")
+    floors = {"position": 0.1, "energy": 1e-3, "position_sigma": 1e-3, "energy_sigma": 1e-5}
+    worst = onnx_parity(tmp_path / "maps.onnx", graph, events["npho"], events["relative_time"], floors, batch_size=32)
+    assert max(worst.values()) <= 1e-3, worst
