@@ -33,11 +33,15 @@ default   1,000, 4,000, 16,000       2     160   32     1,000 x2 8,192 x 2
 --full    500 ... 50,000 (7 budgets) 3     2,000 128    5,000 x2 100,000 x 10 (for a GPU)
 ========= ========================== ===== ===== ====== ======== ============================
 
-The default is sized for about 50 minutes on two idle CPU cores with the ``tiny`` model, from a
-fine-tuning speed of about 30 events/s there (12 learned runs of 160 x 32 events, about 35 min;
-pre-training 7 min; the fit of 18,000 events 3 min; caching and scoring 5 min). With so few steps
-the largest budgets are not seen once (160 x 32 = 5,120 events): the CPU default measures the
-machinery, ``--full`` the physics.
+The default is sized for about 50 minutes on two idle CPU cores with the ``tiny`` model, from the
+speeds this README quotes for such a machine (pre-training 39 events/s; ``pretrain_benefit.py``'s
+fine-tuning, about 30 events/s; the point-source fit about 10 ms per event): 12 learned runs of
+160 x 32 events, about 35 min; pre-training 7 min; the fit of 18,000 events 3 min; caching and
+scoring 5 min. It has not been timed end to end; on a machine shared with other work (load 9-10
+on 2 cores) fine-tuning ran at 1.9 events/s, so give ``--threads 1`` there and expect hours. With
+so few steps the largest budgets are not seen in full (160 x 32 = 5,120 events; an epoch cut short
+by the budget takes other 128-event pieces each time): the CPU default tests the machinery and
+the small budgets, ``--full`` the physics.
 
 Resumable: every finished (method, budget, seed) is saved as ``results/METHOD_bBUDGET_sSEED.json``
 in the work directory and a rerun skips it; event sets, classical features, the MAE and the
@@ -357,7 +361,8 @@ def summarise(results: Path, preset: Preset, methods: tuple[str, ...]) -> dict:
             for key in keys:
                 values = np.array([r["figures"][key] for r in records], np.float64)
                 entry[key] = float(values.mean())
-                entry[f"{key}_spread"] = float(values.std()) if len(values) > 1 else 0.0
+                if not key.endswith(("_events", "_missing")):  # counts are the same for every seed
+                    entry[f"{key}_spread"] = float(values.std()) if len(values) > 1 else 0.0
             table.setdefault(method, {})[str(budget)] = entry
     return {"budgets": list(preset.budgets), "steps": preset.steps, "batch": preset.batch, "results": table}
 
