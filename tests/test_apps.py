@@ -8,6 +8,7 @@ import pytest
 import torch
 import uproot
 
+from xecmae.analysis.calibration import ClassicalCalibration
 from xecmae.apps.predict import predict_regression
 from xecmae.apps.validate import fiducial, validate_regressor
 from xecmae.cli import main
@@ -85,6 +86,7 @@ def test_validate_reports_model_and_classical_inside_the_fiducial_volume(sim_dat
         assert np.isfinite(model[name]), name
     assert set(classical) >= {"position_res_u_cm", "position_res_3d_cm", "energy_res_rel"}
     assert abs(classical["energy_bias_rel"]) < 1e-3  # calibrated on the same events: about zero by construction
+    assert result["classical_calibration"]["scored_events"] is True and "timing_res_ns" not in classical
     assert classical["position_res_3d_cm"] < model["position_res_3d_cm"]  # an untrained model loses to the fit
     saved = json.loads((tmp_path / "val" / "validation.json").read_text())
     hist = saved["residual_histograms"]["position"]["u"]
@@ -93,6 +95,26 @@ def test_validate_reports_model_and_classical_inside_the_fiducial_volume(sim_dat
     assert sorted(Path(p).name for p in saved["figures"]) == sorted(
         ["residuals.png", "resolution_vs_u.png", "resolution_vs_v.png", "resolution_vs_w.png",
          "resolution_vs_energy.png"])
+
+
+def test_validate_calibrates_the_classical_estimates_on_a_labelled_file(sim_data, checkpoints, tmp_path, capsys):
+    saved = tmp_path / "cal.json"
+    labelled = str(sorted(Path(sim_data["dir"]).glob("train_*.root"))[0])  # 96 events
+    argv = ["validate", "--checkpoint", checkpoints["reg"], "--input", sim_data["val"], "--output",
+            str(tmp_path / "val"), "--calibration", labelled, "--save-calibration", str(saved)]
+    assert main(argv) == 0
+    assert "calibrated on 96 labelled events" in capsys.readouterr().out
+    report = json.loads((tmp_path / "val" / "validation.json").read_text())
+    assert report["classical_calibration"] == {"scored_events": False, "source": labelled, "events": 96}
+    classical = report["metrics"]["classical"]
+    # the ideal detector: calibrated on other events, the classical estimates are near the truth
+    assert classical["position_res_u_cm"] < 1.0 and classical["timing_res_ns"] < 0.3
+    assert classical["energy_res_rel"] < 0.1 and abs(classical["energy_bias_rel"]) > 0  # not fitted on these
+    notes = report["classical_estimates"]
+    assert "timing" in notes and "96 labelled events" in notes["energy"]
+    stored = ClassicalCalibration.load(saved)
+    assert (stored.events, stored.source) == (96, labelled)
+    _one_error_line(capsys, [*argv[:-4], "--calibration", sim_data["val"]], "are also scored")
 
 
 def _one_error_line(capsys, argv: list[str], expected: str) -> None:

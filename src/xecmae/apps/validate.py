@@ -3,8 +3,11 @@
 Per task: bias (median residual), 68% half width and RMS, for position u, v, w (and the 68%
 quantile of the 3D distance), energy (relative), time and angles (and the opening angle);
 residual histograms; resolution against the true u, v, w and energy in bins of about equal
-events. The classical estimate (:mod:`xecmae.apps.classical`) is reported beside the model
-for position and energy. A model trained with the Gaussian NLL also has its pulls,
+events. The classical estimate (:mod:`xecmae.apps.classical`) is reported beside the model:
+with a ``calibration`` (a labelled ROOT file other than the scored one, or a saved calibration)
+for position, energy and time, calibrated on those labelled events; without one for position
+(the fit uncalibrated) and energy (scaled on the scored events themselves, which the report's
+``classical_calibration`` says). A model trained with the Gaussian NLL also has its pulls,
 (pred - truth) / sigma per component (``*_pull_bias_*``, ``*_pull_width_*``: 1 when its sigma is
 right). Events are kept inside the fiducial volume on the true first
 interaction (:class:`xecmae.config.FiducialConfig`; |u| < 23.9, |v| < 67.9, w >= 0 cm by default).
@@ -27,7 +30,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from xecmae.apps.classical import calibrated_energy, point_source_uvw, total_npho
+from xecmae.analysis.calibration import ClassicalCalibration
+from xecmae.analysis.classical import ClassicalFeatures, classical_features
+from xecmae.apps.classical import calibrated_notes, calibration_from, self_calibrated, total_npho
 from xecmae.apps.events import EventSource
 from xecmae.apps.regress import SIGMA, regressed_chunks, truth_of
 from xecmae.apps.trained import check_run_options, load_trained
@@ -61,7 +66,8 @@ def collect(trained, source: EventSource, chunk_events: int, batch_size: int, de
     needed = sorted({TASK_TARGETS[t].branch for t in tasks} | {"uvwTruth", "energyTruth"})
     planned = source.plan(need_truth=needed)
     total = sum(p.entries for p in planned)
-    keep: dict[str, list[np.ndarray]] = {k: [] for k in ("uvw", "energy", "total_npho", "classical_uvw")}
+    keep: dict[str, list[np.ndarray]] = {k: [] for k in ("uvw", "energy", "total_npho")}
+    features: list[ClassicalFeatures] = []
     pred: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     truth: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     sigma: dict[str, list[np.ndarray]] = {t: [] for t in getattr(trained.model, "gaussian_tasks", ())}
@@ -77,10 +83,12 @@ def collect(trained, source: EventSource, chunk_events: int, batch_size: int, de
             keep["uvw"].append(np.asarray(chunk["uvwTruth"], np.float64).reshape(-1, 3))
             keep["energy"].append(np.asarray(chunk["energyTruth"], np.float64).reshape(-1))
             keep["total_npho"].append(total_npho(chunk["npho"], chunk["time"], norm))
-            if classical and "position" in tasks:
-                keep["classical_uvw"].append(point_source_uvw(chunk["npho"], chunk["time"], norm))
+            if classical:
+                features.append(classical_features(chunk["npho"], chunk["time"], norm))
             bar.update(len(chunk["npho"]))
-    joined = {k: np.concatenate(v) for k, v in keep.items() if v}
+    joined: dict[str, Any] = {k: np.concatenate(v) for k, v in keep.items() if v}
+    if features:
+        joined["classical"] = ClassicalFeatures.concat(features)
     return {"tasks": tasks, "pred": {t: np.concatenate(v) for t, v in pred.items()},
             "truth": {t: np.concatenate(v) for t, v in truth.items()},
             "sigma": {t: np.concatenate(v) for t, v in sigma.items()}, "files": [p.path for p in planned], **joined}
@@ -97,7 +105,24 @@ def _limit(*arrays: np.ndarray) -> float:
     return value if value > 0 and math.isfinite(value) else 1.0
 
 
-def report(data: dict[str, Any], cfg: ValidationConfig) -> dict[str, Any]:
+def classical_estimates(data: dict[str, Any], inside: np.ndarray, calibration: ClassicalCalibration | None
+                        ) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Any]]:
+    """The classical estimates of the model's tasks on the fiducial events, their notes and the calibration used."""
+    features = data["classical"].subset(inside) if "classical" in data else None
+    if calibration is not None and features is not None:
+        estimates, notes = calibration.apply(features), calibrated_notes(calibration)
+        used = {"scored_events": False, "source": calibration.source, "events": calibration.events}
+    else:
+        estimates, notes = self_calibrated(features, data["total_npho"][inside], data["energy"][inside])
+        used = {"scored_events": True, "source": "the scored events themselves (no --calibration given)",
+                "events": int(inside.sum())}
+    tasks = set(data["tasks"])
+    return ({t: e for t, e in estimates.items() if t in tasks}, {t: n for t, n in notes.items() if t in tasks},
+            used)
+
+
+def report(data: dict[str, Any], cfg: ValidationConfig, calibration: ClassicalCalibration | None = None
+           ) -> dict[str, Any]:
     """Every number and figure of the report, as plain JSON-able data."""
     inside = fiducial(data["uvw"], cfg.fiducial)
     n = int(inside.sum())
@@ -105,16 +130,7 @@ def report(data: dict[str, Any], cfg: ValidationConfig) -> dict[str, Any]:
         raise UserError(f"no event inside the fiducial volume ({cfg.fiducial.model_dump()}) of "
                         f"{len(inside)} events")
     estimates: dict[str, dict[str, np.ndarray]] = {"model": {t: data["pred"][t][inside] for t in data["tasks"]}}
-    classical: dict[str, np.ndarray] = {}
-    notes = {}
-    if "classical_uvw" in data and "position" in data["tasks"]:
-        classical["position"] = data["classical_uvw"][inside]
-        notes["position"] = "point-source fit of the solid-angle light model (source position as (u, v, w))"
-    if "energy" in data["tasks"]:
-        energy, constant = calibrated_energy(data["total_npho"][inside], data["energy"][inside])
-        classical["energy"] = energy[:, None]
-        notes["energy"] = (f"total npho of the valid sensors x {constant:.6g} GeV/photon, the median of "
-                           "energyTruth / total npho over these same events (bias zero by construction)")
+    classical, notes, used = classical_estimates(data, inside, calibration)
     estimates["classical"] = classical
     truth = {t: data["truth"][t][inside] for t in data["tasks"]}
     true_axes = {"u": data["uvw"][inside, 0], "v": data["uvw"][inside, 1], "w": data["uvw"][inside, 2],
@@ -122,6 +138,7 @@ def report(data: dict[str, Any], cfg: ValidationConfig) -> dict[str, Any]:
     edges = {axis: quantile_edges(values, cfg.bins) for axis, values in true_axes.items()}
     out: dict[str, Any] = {"events": {"read": len(inside), "fiducial": n},
                            "fiducial_cuts_cm": cfg.fiducial.model_dump(), "classical_estimates": notes,
+                           "classical_calibration": used,
                            "metrics": {}, "residual_histograms": {}, "resolution_vs": {}}
     for method, preds in estimates.items():
         out["metrics"][method] = {}
@@ -184,11 +201,31 @@ def validation_config(trained, config: dict | None, cuts: dict[str, float] | Non
     return validate_config(settings, ValidationConfig)
 
 
+def check_apart(calibration, source: EventSource) -> None:
+    """Refuse a labelled calibration file that is also one of the scored files."""
+    if str(calibration).endswith(".json"):
+        return
+    from xecmae.data.sources import resolve_inputs
+
+    def files(inputs) -> set[Path]:
+        return {Path(p).resolve() for p in resolve_inputs(list(inputs) if not isinstance(inputs, str) else inputs)}
+
+    shared = files(calibration) & files(source.inputs)
+    if shared:
+        raise UserError(f"the calibration file(s) {', '.join(sorted(map(str, shared)))} are also scored: calibrate "
+                        "on labelled events the report does not score")
+
+
 def validate_regressor(checkpoint: str | Path, inputs, out_dir: str | Path, *, source: EventSource | None = None,
                        cuts: dict[str, float] | None = None, config: dict | None = None, chunk_events: int = 1024,
                        batch_size: int = 256, device: str = "cpu", classical: bool = True,
-                       plots: bool = True) -> dict[str, Any]:
+                       plots: bool = True, calibration=None) -> dict[str, Any]:
     """Write ``validation.json`` and the PNG figures into ``out_dir``; returns the report.
+
+    ``calibration``: labelled ROOT file(s) (with uvwTruth, energyTruth, timeTruth) to calibrate
+    the classical estimates on, a saved calibration ``.json``, or a
+    :class:`~xecmae.analysis.calibration.ClassicalCalibration`; None calibrates on the scored
+    events (and the report says so).
 
     Fiducial cuts and binning: the checkpoint's ``validation`` section, then ``config`` (a
     ``validation`` mapping, e.g. from a YAML), then ``cuts`` (``u_max``, ``v_max``, ``w_min``).
@@ -199,8 +236,13 @@ def validate_regressor(checkpoint: str | Path, inputs, out_dir: str | Path, *, s
     source = source or EventSource(inputs)
     trained = load_trained(checkpoint, ("regressor",), "a resolution report", device)
     cfg = validation_config(trained, config, cuts)
+    if calibration is not None and not classical:
+        raise UserError("a classical calibration was given but the classical estimates are switched off")
+    if calibration is not None and not isinstance(calibration, ClassicalCalibration):
+        check_apart(calibration, source)
+        calibration = calibration_from(calibration, trained.normalizer, chunk_events)
     data = collect(trained, source, chunk_events, batch_size, device, classical)
-    result = {"checkpoint": trained.describe(), "inputs": data["files"], **report(data, cfg)}
+    result = {"checkpoint": trained.describe(), "inputs": data["files"], **report(data, cfg, calibration)}
     out_dir.mkdir(exist_ok=True)
     figures = []
     if plots:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from xecmae.commands import add_dead_channels_option
+from xecmae.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--w-min", type=float, default=None, help="fiducial w >= W cm (default 0)")
     parser.add_argument("--no-classical", action="store_true",
                         help="skip the point-source fit (about 10 ms per event)")
+    parser.add_argument("--calibration", default=None, nargs="+", metavar="FILE",
+                        help="labelled ROOT file(s) (uvwTruth, energyTruth, timeTruth), other than the scored ones, "
+                             "to calibrate the classical position, energy and time on; or a saved calibration .json. "
+                             "Without it the classical energy is scaled on the scored events themselves")
+    parser.add_argument("--save-calibration", default=None, metavar="FILE.json",
+                        help="write the classical calibration fitted on --calibration to this JSON file")
     parser.add_argument("--tree", default="tree")
     parser.add_argument("--npho-branch", default="npho")
     parser.add_argument("--time-branch", default="relative_time")
@@ -43,6 +50,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rob.add_argument("--max-events", type=int, default=None, help="read at most this many events")
 
 
+def _fitted(calibration, args: argparse.Namespace):
+    """Fit the classical calibration on the labelled ROOT file(s) (with the checkpoint's validity rule)."""
+    from xecmae.apps.classical import calibration_from
+    from xecmae.apps.events import EventSource
+    from xecmae.apps.trained import load_trained
+    from xecmae.apps.validate import check_apart
+
+    check_apart(calibration, EventSource(args.input))
+    normalizer = load_trained(args.checkpoint, ("regressor",), "a resolution report", args.device).normalizer
+    fitted = calibration_from(calibration, normalizer, args.chunk,
+                              EventSource(calibration, args.tree, args.npho_branch, args.time_branch))
+    if args.save_calibration:
+        print(f"classical calibration written to {fitted.save(args.save_calibration)}")
+    return fitted
+
+
 def run(args: argparse.Namespace) -> int:
     from xecmae.apps.events import EventSource
     from xecmae.apps.validate import REPORT, validate_regressor
@@ -54,12 +77,23 @@ def run(args: argparse.Namespace) -> int:
     source = EventSource(args.input, args.tree, args.npho_branch, args.time_branch, dead=dead)
     if args.robustness:
         return run_robustness(args, source, config)
+    calibration = args.calibration[0] if args.calibration and len(args.calibration) == 1 else args.calibration
+    if args.save_calibration and (calibration is None or str(calibration).endswith(".json")):
+        raise UserError("--save-calibration needs labelled ROOT file(s) in --calibration")
+    if calibration is not None and not str(calibration).endswith(".json"):
+        calibration = _fitted(calibration, args)
     result = validate_regressor(args.checkpoint, args.input, args.output, source=source, config=config,
                                 cuts={"u_max": args.u_max, "v_max": args.v_max, "w_min": args.w_min},
                                 chunk_events=args.chunk, batch_size=args.batch, device=args.device,
-                                classical=not args.no_classical)
+                                classical=not args.no_classical, calibration=calibration)
     model, classical = result["metrics"]["model"], result["metrics"].get("classical", {})
     print(f"{result['events']['fiducial']} of {result['events']['read']} events inside the fiducial volume")
+    used = result["classical_calibration"]
+    if classical and used["scored_events"]:
+        print("classical estimates calibrated on the scored events themselves (energy scale; position uncalibrated):"
+              " give --calibration LABELLED.root for an honest comparison")
+    elif classical:
+        print(f"classical estimates calibrated on {used['events']} labelled events of {used['source']}")
     for name, value in model.items():
         if "_res" in name:
             beside = f"   classical {classical[name]:.4g}" if name in classical else ""

@@ -1,0 +1,85 @@
+"""The yardstick's machinery on a micro grid: every method scored on the same events, resumed without rework."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from xecmae.config import RegressorConfig, validate
+from xecmae.data.stream import steps_per_epoch
+from xecmae.errors import UserError
+from xecmae.models import build_mae
+from xecmae.train.budget import step_budget
+from xecmae.train.checkpoint import save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _yardstick():
+    spec = importlib.util.spec_from_file_location("yardstick", REPO / "bench" / "yardstick.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["yardstick"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("events", "steps"), [(1000, 160), (16000, 160), (100, 7), (64, 3)])
+def test_step_budget_gives_equal_epochs_that_end_at_the_budget(events, steps):
+    raw = {"data": {"batch_size": 32, "num_workers": 1}}
+    step_budget(raw, steps, events, warmup_share=0.05)
+    cfg = validate(raw, RegressorConfig)
+    per_epoch = steps_per_epoch(cfg.data.max_events or events, 32, 1, 1)
+    scheduled = per_epoch * cfg.training.epochs
+    assert cfg.training.max_steps == steps and steps <= scheduled < steps + cfg.training.epochs
+    assert cfg.training.warmup_epochs * per_epoch == pytest.approx(0.05 * steps)
+    with pytest.raises(UserError, match="make no batch"):
+        step_budget({"data": {"batch_size": 32}}, steps, 20)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared two-core machine two threads of a tiny model wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_yardstick_scores_every_method_and_a_rerun_skips_finished_runs(tmp_path, one_thread):
+    ys = _yardstick()
+    preset = ys.Preset(budgets=(32,), seeds=1, steps=1, batch=16, held_out=24, pretrain_events=32,
+                       pretrain_epochs=1, workers=0)
+    torch.manual_seed(0)
+    mae_cfg = validate({"model": {"size": "tiny"}})  # an MAE checkpoint given, as --mae does: none is trained
+    save_checkpoint({"kind": "mae", "model_state_dict": build_mae(mae_cfg).state_dict(),
+                     "config": mae_cfg.model_dump(mode="json")}, tmp_path / "mae.pth")
+    args = argparse.Namespace(size="tiny", device="cpu", detector="ideal", mae=tmp_path / "mae.pth",
+                              work=tmp_path / "work", sets={"model.head_hidden": 32})
+    first = ys.run_benchmark(args, preset)
+    assert first["runs_done"] == 4 and first["runs_skipped"] == 0  # 4 methods x 1 budget x 1 seed
+    results = first["results"]
+    assert set(results) == set(ys.METHODS) and all(set(r) == {"32"} for r in results.values())
+    for method, budgets in results.items():
+        entry = budgets["32"]
+        for key in ("flat_position_res_u_cm", "flat_energy_res_rel", "flat_timing_res_ns", "line_w2_energy_res_rel",
+                    "line_position_res_3d_cm"):
+            assert entry[key] > 0, (method, key)
+        assert entry["flat_events"] == results["classical"]["32"]["flat_events"]  # the same held-out events
+    # the classical estimate, calibrated on 32 ideal events, is far better than a regressor after one step
+    assert results["classical"]["32"]["flat_position_res_u_cm"] < results["scratch"]["32"]["flat_position_res_u_cm"]
+    saved = sorted(p.name for p in (args.work / "results").glob("*.json"))
+    assert saved == sorted(f"{m}_b32_s0.json" for m in ys.METHODS)
+    again = ys.run_benchmark(args, preset)
+    assert again["runs_done"] == 0 and again["runs_skipped"] == 4 and again["results"] == results
+    other = argparse.Namespace(**{**vars(args), "detector": "realistic"})
+    with pytest.raises(UserError, match="other settings"):
+        ys.run_benchmark(other, preset)
+    table = ys.markdown(first)
+    assert table.count("\n") == 2 + 4 - 1 and "| classical | 32 |" in table
+    assert json.loads(json.dumps(first)) == first  # the last line is plain JSON
