@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from xecmae.apps.classical import calibrated_energy, point_source_uvw, total_npho
+from xecmae.analysis.classical import classical_features
+from xecmae.apps.classical import calibrated_energy, total_npho
 from xecmae.apps.events import EventSource
 from xecmae.apps.filling import inpainter_fill, neighbour_fill
 from xecmae.apps.regress import regress
@@ -142,7 +143,7 @@ def evaluate_level(events: dict[str, np.ndarray], dead: np.ndarray, models: dict
         out["dead_trained"] = _regressed(models["dead_trained"], npho, time, batch_size, dev)
     if classical:
         norm = regressor.normalizer
-        estimate = {"position": point_source_uvw(npho, time, norm)}
+        estimate = {"position": classical_features(npho, time, norm).uvw}
         energy, _ = calibrated_energy(total_npho(npho, time, norm), events["energyTruth"].astype(np.float64))
         estimate["energy"] = energy[:, None]
         out["classical"] = estimate
