@@ -11,7 +11,8 @@ Methods, each given the same labelled events at every label budget:
 - ``scratch``: the regressor (``position``, ``energy``, ``timing``) from random weights;
 - ``mae_finetune``: the regressor from the pre-trained MAE encoder, everything fine-tuned;
 - ``mae_frozen``: the pre-trained encoder frozen, only the heads trained, on encoder outputs
-  cached once per event set (:mod:`xecmae.train.frozen`; the specification's token heads).
+  cached once per event set (:mod:`xecmae.train.frozen`; always the specification's token heads,
+  whatever ``--set model.head`` says for the fine-tuned methods).
 
 Every learned run makes the same fixed number of optimizer steps (:mod:`xecmae.train.budget`)
 whatever the budget, is scored with its last weights (nothing is selected on held-out events),
@@ -237,6 +238,7 @@ def run_regressor(args, preset, ctx, budget: int, seed: int, start: str | None, 
 
 def frozen_model(args, preset, mae: str, seed: int):
     raw = regressor_raw(args, preset, Path("unused.root"), "frozen", seed, mae, preset.budgets[0])
+    raw["model"] |= {"head": "tokens", "classical_input": "none"}  # the cache holds the six tokens only
     cfg = adopt_architecture(validate(raw, RegressorConfig))
     torch.manual_seed(seed)
     model = build_regressor(cfg)
