@@ -10,6 +10,7 @@ import uproot
 from xecmae import geometry as geo
 from xecmae import simulate as sim
 from xecmae.cli import main as cli_main
+from xecmae.data.deadchannels import read_id_file
 from xecmae.errors import UserError
 
 N_EVENTS = 384
@@ -172,7 +173,7 @@ def test_dead_channels_carry_1e10_in_both_branches(signal):
 def test_dead_map_sets_exactly_the_listed_channels(tmp_path):
     path = tmp_path / "dead.txt"
     path.write_text("# dead channels\n5, 17\n4600  4759\n")
-    gen = ideal_generator(seed=1, dead_map=sim.load_dead_map(path))
+    gen = ideal_generator(seed=1, dead_map=read_id_file(str(path)))
     np.testing.assert_array_equal(gen.dead_ids, [5, 17, 4600, 4759])
     events = gen.generate(20)
     assert np.all(events["npho"][:, [5, 17, 4600, 4759]] == np.float32(1e10))

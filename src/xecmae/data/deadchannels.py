@@ -24,87 +24,17 @@ line, a run missing from a table) is one :class:`~xecmae.errors.UserError` line 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xecmae import geometry as geo
+from xecmae.data.deadmap import DeadChannels, listed, table_from_pairs
 from xecmae.errors import UserError
 from xecmae.normalize import DEAD_VALUE
-from xecmae.simulate.deadmaps import clustered_dead_mask, dead_mask_from_ids, random_dead_mask
+from xecmae.simulate.deadmaps import dead_mask_from_ids
 
 GENERATED = re.compile(r"^(clustered|random):([^:]*)(?::([^:]*))?$")
 SENSOR_COLUMNS = ("sensor_id", "sensor", "channel", "id")
-DEFAULT_RUN = 1  # the simulator's run, for an event without one
-MAX_NAMED = 8  # bad items named in one error line
-
-
-def _listed(items: list, total: int | None = None) -> str:
-    """Up to :data:`MAX_NAMED` items, then how many more."""
-    total = len(items) if total is None else total
-    text = ", ".join(str(i) for i in items[:MAX_NAMED])
-    return text + (f" and {total - MAX_NAMED} more" if total > MAX_NAMED else "")
-
-
-@dataclass(frozen=True)
-class DeadChannels:
-    """Dead channels of one source: one map for every run, a map per run, or the generator's maps.
-
-    Exactly one of ``fixed`` (4760,), ``table`` (R, 4760) with its sorted ``runs`` (R,), or
-    ``generated`` (kind, fraction, seed) is set.
-    """
-
-    source: str
-    fixed: np.ndarray | None = None
-    runs: np.ndarray | None = None
-    table: np.ndarray | None = None
-    generated: tuple[str, float, int] | None = None
-
-    @property
-    def per_run(self) -> bool:
-        """The map depends on the event's run and the run must be in the table."""
-        return self.table is not None
-
-    def _generate(self, run: int) -> np.ndarray:
-        kind, fraction, seed = self.generated
-        run = DEFAULT_RUN if run < 0 else int(run)
-        return (clustered_dead_mask if kind == "clustered" else random_dead_mask)(fraction, seed, run)
-
-    def mask(self, run: int | None = None) -> np.ndarray:
-        """(4760,) bool, True = dead, for an event of ``run`` (None: the source must not need one)."""
-        if self.fixed is not None:
-            return self.fixed.copy()
-        if self.generated is not None:
-            return self._generate(-1 if run is None else run)
-        if run is None:
-            raise UserError(f"dead channels {self.source}: a per-run table; give the run (e.g. --run N)")
-        return self.masks(np.array([run]))[0]
-
-    def check_runs(self, runs: np.ndarray, where: str = "the input") -> None:
-        """Every run of ``runs`` has a map (a :class:`UserError` naming the missing ones)."""
-        if not self.per_run:
-            return
-        wanted = np.unique(np.asarray(runs, dtype=np.int64))
-        missing = wanted[~np.isin(wanted, self.runs)]
-        if missing.size:
-            have = _listed(self.runs.tolist())
-            raise UserError(f"dead channels {self.source}: {where} has run(s) {_listed(missing.tolist())} "
-                            f"that the table lacks (it has run(s) {have})")
-
-    def masks(self, runs: np.ndarray) -> np.ndarray:
-        """(N,) run numbers -> (N, 4760) bool, each event's map (read-only for a fixed map)."""
-        runs = np.asarray(runs, dtype=np.int64).reshape(-1)
-        if self.fixed is not None:
-            return np.broadcast_to(self.fixed, (len(runs), geo.N_SENSORS))
-        unique, inverse = np.unique(runs, return_inverse=True)
-        if self.generated is not None:
-            maps = np.stack([self._generate(r) for r in unique]) if len(unique) else np.zeros((0, geo.N_SENSORS), bool)
-            return maps[inverse]
-        self.check_runs(unique)
-        return self.table[np.searchsorted(self.runs, unique)][inverse]
-
-
 # --- parsing the sources -------------------------------------------------------------------------
 def _number(token: str) -> int | None:
     """A sensor id or run number written in a text file (``12``, ``12.0``), else None."""
@@ -145,7 +75,7 @@ def _header(tokens: list[str]) -> tuple[int, int] | None:
 
 
 def _bad_lines(path: str, bad: list[str], what: str) -> UserError:
-    return UserError(f"dead map {path}: {_listed(bad)} {'is' if len(bad) == 1 else 'are'} not {what}")
+    return UserError(f"dead map {path}: {listed(bad)} {'is' if len(bad) == 1 else 'are'} not {what}")
 
 
 def read_id_file(path: str) -> np.ndarray:
@@ -158,16 +88,6 @@ def read_id_file(path: str) -> np.ndarray:
     if bad:
         raise _bad_lines(path, bad, "a sensor id" if len(bad) == 1 else "sensor ids")
     return dead_mask_from_ids(np.array(ids, dtype=np.int64), source=f"dead map {path}")
-
-
-def _table_from_pairs(source: str, runs: np.ndarray, ids: np.ndarray, extra_runs: np.ndarray | None = None
-                      ) -> DeadChannels:
-    """(run, sensor id) pairs -> a per-run :class:`DeadChannels`; ``extra_runs`` have no dead channel."""
-    dead_mask_from_ids(ids, source=f"dead map {source}")  # range check, one line naming the bad ids
-    known = np.unique(np.concatenate([runs, extra_runs if extra_runs is not None else runs[:0]]))
-    table = np.zeros((len(known), geo.N_SENSORS), dtype=bool)
-    table[np.searchsorted(known, runs), ids] = True
-    return DeadChannels(source, runs=known, table=table)
 
 
 def read_run_table(path: str) -> DeadChannels | None:
@@ -189,7 +109,7 @@ def read_run_table(path: str) -> DeadChannels | None:
         raise _bad_lines(path, bad, "'run sensor_id' pairs" if len(bad) > 1 else "a 'run sensor_id' pair")
     if not runs:
         raise UserError(f"dead map {path}: the table has a header but no rows")
-    return _table_from_pairs(path, np.array(runs, np.int64), np.array(ids, np.int64))
+    return table_from_pairs(path, np.array(runs, np.int64), np.array(ids, np.int64))
 
 
 def _generated(source: str, match: re.Match) -> DeadChannels:

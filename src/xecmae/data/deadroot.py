@@ -11,7 +11,7 @@ import awkward as ak
 import numpy as np
 
 from xecmae import geometry as geo
-from xecmae.data.deadchannels import DeadChannels, _table_from_pairs
+from xecmae.data.deadmap import DeadChannels, table_from_pairs
 from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import dead_mask_from_ids
 
@@ -81,4 +81,4 @@ def read_root_map(source: str) -> DeadChannels:
         entry, ids = _entries(source, values)
     if runs is None:
         return DeadChannels(source, fixed=dead_mask_from_ids(ids, source=f"dead map {source}"))
-    return _table_from_pairs(source, runs[entry], ids, extra_runs=runs)
+    return table_from_pairs(source, runs[entry], ids, extra_runs=runs)

@@ -18,7 +18,6 @@ from xecmae.simulate.deadmaps import (
     DEAD_RATE_AT_ONE_PERCENT,
     clustered_dead_mask,
     dead_mask_from_ids,
-    load_dead_map,
     random_dead_mask,
 )
 from xecmae.simulate.files import COMPRESSIONS, check_writable, output_paths, write_root
@@ -34,6 +33,6 @@ __all__ = [
     "DEFAULT_EPOCH_EVENTS", "DETECTORS", "OPTICAL_SPEED", "PDE_MPPC", "PDE_PMT", "PHI_MAX", "PHOTONS_PER_MEV",
     "SIGNAL_ENERGY", "DetectorSpec", "EventGenerator", "SimSpec", "Spectrum", "check_writable",
     "clustered_dead_mask", "dead_mask_from_ids", "detector_spec", "empty_events", "expected_photons", "in_xenon",
-    "load_dead_map", "output_paths", "parse_sim_url", "parse_spectrum", "random_dead_mask", "sample_poisson",
+    "output_paths", "parse_sim_url", "parse_spectrum", "random_dead_mask", "sample_poisson",
     "sim_chunks", "write_root",
 ]

@@ -10,7 +10,6 @@ rest. Both draws are fixed by (seed, run).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,16 +43,6 @@ def dead_mask_from_ids(ids: Sequence[int] | np.ndarray, source: str = "dead map"
     mask = np.zeros(geo.N_SENSORS, dtype=bool)
     mask[arr] = True
     return mask
-
-
-def load_dead_map(path: str | os.PathLike) -> np.ndarray:
-    """Read a text file of dead sensor ids (whitespace or comma separated, ``#`` comments) -> bool mask.
-
-    The reader of :func:`xecmae.data.deadchannels.read_id_file`; every bad token is named in one line.
-    """
-    from xecmae.data.deadchannels import read_id_file
-
-    return read_id_file(str(path))
 
 
 def random_dead_mask(fraction: float, seed: int, run: int) -> np.ndarray:

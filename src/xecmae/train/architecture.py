@@ -120,10 +120,24 @@ def with_architecture(cfg: RunConfig, saved: dict[str, Any], path: str) -> RunCo
 def adopt_architecture(cfg: RunConfig) -> RunConfig:
     """``cfg`` with the encoder shape of ``checkpoint.resume_from`` (unchanged without one)."""
     from xecmae.train.checkpoint import load_checkpoint
-    from xecmae.train.initialize import checkpoint_kind
 
     path = cfg.checkpoint.resume_from
     if not path:
         return cfg
     ckpt = load_checkpoint(path)
     return with_architecture(cfg, saved_architecture(ckpt, checkpoint_kind(ckpt, str(path))), str(path))
+
+
+def checkpoint_kind(ckpt: Any, path: str = "checkpoint") -> str:
+    """``regressor`` | ``mae`` | ``inpainter`` | ``encoder`` (bare weights)."""
+    refuse_original_layout(ckpt, path)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model_state_dict"), dict):
+        keys = list(ckpt["model_state_dict"])
+        if any(k.startswith("heads.") for k in keys):
+            return "regressor"
+        if any(k.startswith("encoder.") for k in keys):
+            return "inpainter" if ckpt.get("kind") == "inpainter" else "mae"
+    elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return "encoder"
+    raise UserError(f"{path}: not a checkpoint xecmae can start from (expected a regression or MAE checkpoint "
+                    "with a model_state_dict, or bare encoder weights)")

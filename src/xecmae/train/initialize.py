@@ -10,31 +10,14 @@ it would silently give a different model.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from torch import nn
 
 from xecmae.config import ConfigError, RunConfig
-from xecmae.errors import UserError
-from xecmae.train.architecture import ENCODER_KEYS, refuse_original_layout
+from xecmae.train.architecture import ENCODER_KEYS, checkpoint_kind
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_kind(ckpt: Any, path: str = "checkpoint") -> str:
-    """``regressor`` | ``mae`` | ``inpainter`` | ``encoder`` (bare weights)."""
-    refuse_original_layout(ckpt, path)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model_state_dict"), dict):
-        keys = list(ckpt["model_state_dict"])
-        if any(k.startswith("heads.") for k in keys):
-            return "regressor"
-        if any(k.startswith("encoder.") for k in keys):
-            return "inpainter" if ckpt.get("kind") == "inpainter" else "mae"
-    elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return "encoder"
-    raise UserError(f"{path}: not a checkpoint xecmae can start from (expected a regression or MAE checkpoint "
-                    "with a model_state_dict, or bare encoder weights)")
 
 
 RESUME_KEYS = ("size", *ENCODER_KEYS, "decoder_dim", "predict_channels", "tasks", "head", "map_dim",
