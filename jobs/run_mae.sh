@@ -5,9 +5,11 @@ set -euo pipefail
 
 export ROOT_PATH="${ROOT_PATH:-$HOME/data/xec/mae/train/*.root}"   # wildcards are fine (quote them)
 export VAL_PATH="${VAL_PATH:-$HOME/data/xec/mae/val/*.root}"
-export EPOCHS="${EPOCHS:-20}"
-export MASK_RATIO="${MASK_RATIO:-0.6}"                               # fraction of valid sensors hidden
-export BATCH="${BATCH:-1024}"                                        # per GPU
+# Empty = the YAML's value (config/mae/mae_config.yaml: 20 epochs, mask ratio 0.6, batch 1024);
+# only what is set here or in the environment overrides the file.
+export EPOCHS="${EPOCHS:-}"                                          # number of pre-training epochs
+export MASK_RATIO="${MASK_RATIO:-}"                                  # fraction of valid sensors hidden (0.6)
+export BATCH="${BATCH:-}"                                            # batch size per GPU
 export CONFIG="${CONFIG:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/config/mae/mae_config.yaml}"
 export RUN_NAME="${RUN_NAME:-mae_$(date +%Y%m%d_%H%M%S)}"
 export ARTIFACTS_DIR="${ARTIFACTS_DIR:-$HOME/meghome/xec-ml-wl/artifacts}"

@@ -43,6 +43,17 @@ def test_run_mae_passes_its_settings_through_the_config_loader():
     assert "/tmp/xecmae-artifacts/test_run" in script
 
 
+def test_run_mae_leaves_the_yamls_epochs_mask_ratio_and_batch_alone_when_unset(tmp_path):
+    config = tmp_path / "mae.yaml"
+    config.write_text("model:\n  mask_ratio: 0.4\ntraining:\n  epochs: 3\ndata:\n  batch_size: 64\n")
+    environment = {k: "" for k in ("EPOCHS", "MASK_RATIO", "BATCH", "ROOT_PATH", "VAL_PATH")}
+    out = dry_run("run_mae.sh", CONFIG=str(config), **environment)
+    assert out.returncode == 0, out.stderr
+    assert "3 epochs, batch 64 per GPU" in out.stdout
+    script = sbatch_part(out.stdout)
+    assert "--mask_ratio" not in script and "--epochs" not in script and "--batch_size" not in script
+
+
 def test_multi_node_runs_one_torchrun_per_node_with_a_rendezvous():
     script = sbatch_part(dry_run("submit_mae.sh", NUM_GPUS="4", NUM_NODES="2").stdout)
     assert "#SBATCH --nodes=2" in script and "--nnodes=2" in script and "--rdzv_backend=c10d" in script
