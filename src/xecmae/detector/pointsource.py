@@ -46,7 +46,7 @@ def _mask(a) -> torch.Tensor:
 def into_xenon(points: torch.Tensor, margin: float = FIT_MARGIN) -> torch.Tensor:
     """(B, 3) cm -> the nearest point (in r, phi, z) at least ``margin`` cm inside the xenon volume."""
     x, y, z = points.unbind(-1)
-    r = torch.hypot(x, y).clamp(XENON_INNER_RADIUS + margin, XENON_OUTER_RADIUS - margin)
+    r = torch.sqrt(x * x + y * y).clamp(XENON_INNER_RADIUS + margin, XENON_OUTER_RADIUS - margin)  # no hypot in ONNX
     phi_max = math.radians(XENON_PHI) - margin / XENON_INNER_RADIUS
     phi = torch.atan2(y, -x).clamp(-phi_max, phi_max)
     z_max = XENON_HALF_Z + XENON_Z_SLOPE * (r - XENON_INNER_RADIUS) - margin
@@ -109,7 +109,7 @@ def fit_point_source(npho, known, iterations: int = FIT_ITERATIONS, noise: float
     known = _mask(known)
     y = torch.where(known, _tensor(npho), 0.0)
     s = into_xenon(light_centroid(y, known) if start is None else _tensor(start).to(y.device))
-    step = len(y) if block is None else block
+    step = len(y) if block is None or torch.compiler.is_exporting() else block  # a graph has one block
     parts = [_fit_block(y[k:k + step], known[k:k + step], s[k:k + step], iterations, noise, fresnel, settle)
              for k in range(0, len(y), max(step, 1))]
     if not parts:
@@ -118,6 +118,33 @@ def fit_point_source(npho, known, iterations: int = FIT_ITERATIONS, noise: float
                            torch.zeros(0, dtype=torch.long, device=y.device), fresnel)
     position, intensity, chi2 = (torch.cat(p) for p in zip(*parts, strict=True))
     return PointSource(position, intensity, chi2, known.sum(1), fresnel)
+
+
+def solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, n, n) symmetric positive definite, (B, n) -> (B, n) solution of ``a x = b`` by an unrolled
+    Cholesky factorisation: what an exported graph uses (ONNX has no linear solve); n is small."""
+    n = a.shape[-1]
+    low: list[list[torch.Tensor]] = [[] for _ in range(n)]  # low[i][k], k <= i
+    for i in range(n):
+        for k in range(i + 1):
+            dot = sum((low[i][m] * low[k][m] for m in range(k)), torch.zeros_like(b[:, 0]))
+            if k == i:
+                low[i].append((a[:, i, i] - dot).clamp_min(torch.finfo(a.dtype).tiny).sqrt())
+            else:
+                low[i].append((a[:, i, k] - dot) / low[k][k])
+    y: list[torch.Tensor] = []
+    for i in range(n):  # L y = b
+        y.append((b[:, i] - sum((low[i][m] * y[m] for m in range(i)), torch.zeros_like(b[:, 0]))) / low[i][i])
+    x: list[torch.Tensor] = [torch.zeros_like(b[:, 0])] * n
+    for i in reversed(range(n)):  # L^T x = y
+        x[i] = (y[i] - sum((low[m][i] * x[m] for m in range(i + 1, n)), torch.zeros_like(b[:, 0]))) / low[i][i]
+    return torch.stack(x, -1)
+
+
+def _solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_exporting():
+        return solve_spd(a, b)
+    return torch.linalg.solve(a, b)
 
 
 def _fit_block(y: torch.Tensor, known: torch.Tensor, s: torch.Tensor, iterations: int, noise: float,
@@ -137,7 +164,7 @@ def _fit_block(y: torch.Tensor, known: torch.Tensor, s: torch.Tensor, iterations
         grad = (jw @ residual[..., None]).squeeze(-1)  # (b, 4)
         diag = torch.diagonal(hess, dim1=1, dim2=2).clamp_min(1e-30)
         system = hess + damping[:, None, None] * torch.diag_embed(diag) + 1e-30 * eye
-        step = -torch.linalg.solve(system, grad)[:, :3]  # (b, 3) cm; the intensity is re-solved
+        step = -_solve(system, grad)[:, :3]  # (b, 3) cm; the intensity is re-solved
         trial = into_xenon(s + step)
         omega_t, d_omega_t = solid_angle_fraction(trial, grad=True, fresnel=fresnel)
         intensity_t = _best_intensity(omega_t, y, w)
