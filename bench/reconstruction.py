@@ -10,6 +10,12 @@
    writes each as a prediction file and scores it with :mod:`xecmae.analysis.analyze`, so the
    model and the three baselines (neighbour average, solid-angle weighted neighbour average,
    point-source fit) are scored on exactly the same hidden sensors, as ``xecmae analyze`` would.
+4. With ``--inpainter spec,neighbour,solid_angle`` (any of them), also trains one inpainter per
+   variant from the MAE (``--inpaint-steps`` steps at the inpainter's mask ratio 0.05, through
+   :func:`xecmae.train.inpaint.inpaint`) and scores each at mask 0.05 on the same held-out
+   events with the same seeded mask, so every method sees the same hidden sensors. ``spec``:
+   the plain MAE decoders (``model.refine: false``); ``neighbour``, ``solid_angle``: a learned
+   correction to that prior (``model.prior``).
 
 The last line printed is one JSON object: per mask ratio (``mask0p6``, ``mask0p05``) and method,
 ``*_median_rel_npho_error_*`` (median |pred - truth| / truth over hidden sensors with truth >= 100
@@ -21,6 +27,7 @@ the training budget actually used.
     python bench/reconstruction.py                         # 3 minutes of training, one CPU thread
     python bench/reconstruction.py --steps 2000 --device cuda --events 40000 --threads 8
     python bench/reconstruction.py --checkpoint artifacts/RUN/mae_checkpoint_best.pth   # a model trained elsewhere
+    python bench/reconstruction.py --checkpoint MAE.pth --inpainter spec,neighbour,solid_angle --inpaint-steps 200
 """
 
 from __future__ import annotations
@@ -44,14 +51,18 @@ from xecmae.analysis.analyze import analyze, face_table, format_table
 from xecmae.analysis.predictions import PredictionWriter
 from xecmae.apps.fill import load_inpainter
 from xecmae.commands import add_dead_channels_option
-from xecmae.config import validate
+from xecmae.config import InpainterConfig, validate
 from xecmae.data.deadchannels import dead_channels
 from xecmae.data.stream import make_loader
 from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import MAE_LAST, load_checkpoint
+from xecmae.train.inpaint import inpaint
 from xecmae.train.pretrain import pretrain
 
 MASK_RATIOS = (0.6, 0.05)
+INPAINTER_RATIO = 0.05
+INPAINTERS = {"spec": {"refine": False}, "neighbour": {"prior": "neighbour"}, "solid_angle": {"prior": "solid_angle"}}
+"""The inpainter variants: model keys of each."""
 BRIGHT = 1000.0  # photons
 
 
@@ -79,6 +90,25 @@ def make_config(args: argparse.Namespace, train: str, val: str, run_dir: Path):
     })
 
 
+def inpainter_config(args: argparse.Namespace, train: str, val: str, run_dir: Path, mae: Path, variant: str):
+    """An inpainter run from the MAE checkpoint ``mae``: ``--inpaint-steps`` steps (cosine), no MLflow."""
+    model = {"mask_ratio": INPAINTER_RATIO, **INPAINTERS[variant]}
+    if args.prior_fit_iterations is not None and variant == "solid_angle":
+        model["prior_fit_iterations"] = args.prior_fit_iterations
+    steps_per_epoch = args.events // args.batch_size
+    return validate({
+        "data": {"train_path": train, "val_path": val, "batch_size": args.batch_size, "chunksize": 1024,
+                 "num_workers": args.workers, "num_threads": 1, "shuffle_buffer": 2048},
+        "model": model,
+        "training": {"epochs": math.ceil(args.inpaint_steps / steps_per_epoch), "max_steps": args.inpaint_steps,
+                     "lr": args.inpaint_lr, "lr_scheduler": "cosine", "warmup_epochs": 0, "seed": args.seed,
+                     "log_interval": 10, "device": args.device},
+        "checkpoint": {"save_dir": str(run_dir), "run_name": f"inpainter_{variant}", "save_predictions": False,
+                       "save_every_steps": 0, "resume_from": str(mae)},
+        "mlflow": {"enabled": False},
+    }, InpainterConfig)
+
+
 def train(cfg, minutes: float | None) -> tuple[Path, float]:
     """Pre-train; with ``minutes``, ask the trainer to stop (SIGUSR1) when the time is up."""
     timer = None
@@ -99,19 +129,23 @@ def train(cfg, minutes: float | None) -> tuple[Path, float]:
 
 
 @torch.no_grad()
-def predict_file(cfg, model, device: torch.device, ratio: float, path: Path, seed: int) -> Path:
-    """Run the model over the held-out file with seeded masks at ``ratio``; write a prediction file."""
+def predict_file(cfg, model, device: torch.device, ratio: float, path: Path, seed: int) -> tuple[Path, np.ndarray]:
+    """Run the model over the held-out file with seeded masks at ``ratio``; write a prediction file.
+
+    Returns the file and the (N, 4760) hidden mask (the same seed gives every model the same one)."""
     model.mask_ratio = ratio
     generator = torch.Generator(device=device).manual_seed(seed)
     channels = tuple(cfg.model.predict_channels)
+    hidden = []
     with PredictionWriter(path, channels, cfg.normalizer()) as writer:
         for batch in make_loader(cfg, "val"):
             x, valid = batch["x"].to(device), batch["valid"].to(device)
             out = model(x, valid, generator=generator)
+            hidden.append(out.hidden.cpu().numpy())
             writer.add(event=batch["event"].numpy(), run=batch["run"].numpy(), x=batch["x"].numpy(),
                        valid=batch["valid"].numpy(), hidden=out.hidden.cpu().numpy(),
                        pred=out.pred.float().cpu().numpy())
-    return path
+    return path, np.concatenate(hidden)
 
 
 def summary(analysis, rows: list[dict], tag: str) -> dict[str, float | int]:
@@ -163,7 +197,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="detector response of the simulated events (default realistic)")
     parser.add_argument("--keep", default=None, help="keep the simulated files, run and prediction files here")
     add_dead_channels_option(parser, "dead channels of the simulated files (default: 1%% of the generator's)")
+    parser.add_argument("--inpainter", default="",
+                        help=f"comma-separated inpainter variants to train from the MAE and score at mask "
+                             f"{INPAINTER_RATIO:g}: {', '.join(INPAINTERS)}")
+    parser.add_argument("--inpaint-steps", type=int, default=200, help="optimizer steps per inpainter (cosine)")
+    parser.add_argument("--inpaint-lr", type=float, default=1e-3)
+    parser.add_argument("--prior-fit-iterations", type=int, default=None,
+                        help="model.prior_fit_iterations of the solid_angle inpainter (default: the config's)")
     args = parser.parse_args(argv)
+    variants = [v for v in args.inpainter.split(",") if v]
+    unknown = sorted(set(variants) - set(INPAINTERS))
+    if unknown:
+        parser.error(f"unknown inpainter variant(s) {', '.join(unknown)}; choose from {', '.join(INPAINTERS)}")
     if args.quick:
         args.events, args.eval_events, args.steps = 512, 64, 10
     dead = {"dead_map": dead_channels(args.dead_channels, run=1)} if args.dead_channels else {}
@@ -177,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         train_file, val_file = root / "train.root", root / "heldout.root"
-        if args.checkpoint is None:
+        if args.checkpoint is None or variants:
             write_root(train_file, args.events, EventGenerator(seed=1000 + args.seed, detector=args.detector, **dead),
                        progress=False)
         write_root(val_file, args.eval_events, EventGenerator(seed=2000 + args.seed, detector=args.detector, **dead),
@@ -207,18 +252,45 @@ def main(argv: list[str] | None = None) -> int:
             "simulate_seconds": round(simulate_s, 1),
         }
         started = time.perf_counter()
+        hidden: dict[float, np.ndarray] = {}
         for k, ratio in enumerate(MASK_RATIOS):
             tag = ratio_tag(ratio)
-            path = predict_file(cfg, model, device, ratio, root / f"predictions_{tag}.root", seed=args.seed + k)
+            path, hidden[ratio] = predict_file(cfg, model, device, ratio, root / f"predictions_{tag}.root",
+                                               seed=args.seed + k)
             analysis = analyze(path)
             rows = face_table(analysis)
             print(f"\n== mask ratio {ratio:g} ==")
             print(format_table(analysis, rows))
             result |= summary(analysis, rows, tag)
         result["eval_seconds"] = round(time.perf_counter() - started, 1)
+        k = MASK_RATIOS.index(INPAINTER_RATIO)
+        tag = ratio_tag(INPAINTER_RATIO)
+        for variant in variants:
+            started = time.perf_counter()
+            run = inpaint(inpainter_config(args, str(train_file), str(val_file), root / "runs", checkpoint_path,
+                                           variant))
+            trained_s = time.perf_counter() - started
+            inp_path = run / "inpainter_checkpoint_last.pth"
+            inp = load_inpainter(inp_path, device)
+            inp_cfg = cfg.model_copy(update={"model": validate(load_checkpoint(inp_path)["config"],
+                                                               InpainterConfig).model})
+            path, inp_hidden = predict_file(inp_cfg, inp, device, INPAINTER_RATIO,
+                                            root / f"predictions_{variant}_{tag}.root", seed=args.seed + k)
+            if not np.array_equal(inp_hidden, hidden[INPAINTER_RATIO]):  # the MAE's seed: the same hidden sensors
+                raise RuntimeError(f"inpainter {variant} hid other sensors than the MAE")
+            analysis = analyze(path)
+            rows = face_table(analysis)
+            print(f"\n== inpainter {variant}, mask ratio {INPAINTER_RATIO:g} ==")
+            print(format_table(analysis, rows))
+            scored = summary(analysis, rows, tag)
+            result |= {key.replace("model_", f"inpainter_{variant}_", 1): value for key, value in scored.items()
+                       if key.startswith("model_")}
+            result[f"inpainter_{variant}_train_seconds"] = round(trained_s, 1)
+            result[f"inpainter_{variant}_train_steps"] = load_checkpoint(inp_path)["step"]
         for tag in map(ratio_tag, MASK_RATIOS):
             best = min((k for k in result if k.endswith(f"_median_rel_npho_error_{tag}") and "signed" not in k
-                        and "truth_ge" not in k and not k.startswith("model_")), key=lambda k: result[k])
+                        and "truth_ge" not in k and not k.startswith(("model_", "inpainter_"))),
+                       key=lambda k: result[k])
             result[f"best_baseline_npho_{tag}"] = best.split("_median_rel")[0]
         if args.keep:
             print(f"\nfiles kept in {root}")

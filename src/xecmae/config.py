@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from xecmae.errors import UserError
 from xecmae.geometry import outer_grid_shape
+from xecmae.models.priors import PRIOR_FIT_ITERATIONS
 from xecmae.normalize import Normalizer
 from xecmae.sizes import MODEL_SIZES, size_conflicts
 
@@ -261,8 +262,20 @@ class InpainterModelConfig(MAEModelConfig):
     mask_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.05
     freeze_encoder: bool = False
     refine: bool = True
-    """Predict a learned correction to the neighbour average of the visible sensors, from the
-    decoders' output and the visible neighbourhood; false = the plain MAE decoders."""
+    """Predict a learned correction to a classical estimate from the visible sensors (``prior``),
+    from the decoders' output, the visible neighbourhood and the estimate; false = the plain MAE
+    decoders."""
+    prior: Literal["neighbour", "solid_angle"] = "neighbour"
+    """The estimate the refiners correct (needs refine): the neighbour average, or the solid-angle
+    weighted neighbour average around a point source fitted to the visible sensors."""
+    prior_fit_iterations: Annotated[int, Field(ge=0, le=30)] = PRIOR_FIT_ITERATIONS
+    """Levenberg-Marquardt steps of the solid-angle prior's source from the light centroid."""
+
+    @model_validator(mode="after")
+    def _prior_needs_refine(self):
+        if self.prior != "neighbour" and not self.refine:
+            raise ValueError(f"prior {self.prior!r} needs refine: true (the plain decoders use no prior)")
+        return self
 
 
 class InpainterTrainingConfig(TrainingConfig):

@@ -123,3 +123,25 @@ def neighbour_average(values: torch.Tensor, known: torch.Tensor, radius: float =
     weights = neighbour_weights(radius, power, values.dtype, values.device)
     known_f = known.to(values.dtype)
     return local_ratio(torch.where(known, values, 0.0), known_f, weights)
+
+
+def solid_angle_average(values: torch.Tensor, known: torch.Tensor, omega: torch.Tensor,
+                        path: torch.Tensor | None = None, radius: float = NEIGHBOUR_RADIUS,
+                        power: float = NEIGHBOUR_POWER) -> torch.Tensor:
+    """(B, 4760) neighbour average corrected by a point-source model, in ``values``' dtype and device.
+
+    ``omega`` (B, 4760): each sensor's solid-angle fraction seen from the event's source. Without
+    ``path``, ``values`` are photons: ``omega_i * sum_j w_ij npho_j / sum_j w_ij omega_j`` (the
+    neighbours' photons per unit solid angle). With ``path`` (B, 4760), the optical path time of
+    every sensor in the unit of ``values`` (a time): ``path_i + sum_j w_ij omega_j (t_j - path_j)
+    / sum_j w_ij omega_j``. Neighbours are weighted by ``w_ij`` times their solid angle (brighter
+    neighbours are better measured); where none sees direct light, the face's (then the event's)
+    known sensors take their place.
+    """
+    weights = neighbour_weights(radius, power, values.dtype, values.device)
+    omega = omega.to(values.dtype)
+    den = torch.where(known, omega, 0.0)
+    if path is None:
+        return omega * local_ratio(torch.where(known, values, 0.0), den, weights)
+    path = path.to(values.dtype)
+    return path + local_ratio(torch.where(known, (values - path) * omega, 0.0), den, weights)

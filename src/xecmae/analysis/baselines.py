@@ -49,35 +49,32 @@ matrix built once per (radius, power).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
-from xecmae.detector.light import (
-    OPTICAL_SPEED,
-    XENON_HALF_Z,
-    XENON_INNER_RADIUS,
-    XENON_OUTER_RADIUS,
-    XENON_PHI,
-    XENON_Z_SLOPE,
-    solid_angle_fraction,
+from xecmae.detector.light import OPTICAL_SPEED, solid_angle_fraction
+from xecmae.detector.pointsource import (  # noqa: F401 (the baselines' public names)
+    FIT_BLOCK,
+    FIT_ITERATIONS,
+    FIT_MARGIN,
+    FIT_NOISE,
+    PointSource,
+    fit_point_source,
+    into_xenon,
+    light_centroid,
+    source_distance,
 )
-from xecmae.detector.light import sensor_tables as _sensor_tables
-from xecmae.neighbours import NEIGHBOUR_POWER, NEIGHBOUR_RADIUS, local_ratio
+from xecmae.neighbours import NEIGHBOUR_POWER, NEIGHBOUR_RADIUS
 from xecmae.neighbours import neighbour_average as shared_average
 from xecmae.neighbours import neighbour_weights as shared_weights
+from xecmae.neighbours import solid_angle_average as shared_solid_angle_average
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("neighbour_avg", "solid_angle_avg", "point_source_fit")
 """Names of the baselines, in the order they are reported."""
-FIT_NOISE = 10.0  # photons, the floor of the fit's error model
-FIT_ITERATIONS = 30
-FIT_BLOCK = 16  # events fitted together
-FIT_MARGIN = 0.5  # cm kept between a fitted source and the walls of the xenon volume
 DTYPE = torch.float64
 
 
@@ -110,32 +107,6 @@ def neighbour_weights(radius: float = NEIGHBOUR_RADIUS, power: float = NEIGHBOUR
     return shared_weights(radius, power, DTYPE)
 
 
-def source_distance(source) -> torch.Tensor:
-    """(B, 3) cm -> (B, 4760) distance in cm from the point to every sensor centre."""
-    pos, _, _ = _sensor_tables()
-    return torch.linalg.vector_norm(_tensor(source)[:, None, :] - pos, dim=-1)
-
-
-def into_xenon(points: torch.Tensor, margin: float = FIT_MARGIN) -> torch.Tensor:
-    """(B, 3) cm -> the nearest point (in r, phi, z) at least ``margin`` cm inside the xenon volume."""
-    x, y, z = points.unbind(-1)
-    r = torch.hypot(x, y).clamp(XENON_INNER_RADIUS + margin, XENON_OUTER_RADIUS - margin)
-    phi_max = math.radians(XENON_PHI) - margin / XENON_INNER_RADIUS
-    phi = torch.atan2(y, -x).clamp(-phi_max, phi_max)
-    z_max = XENON_HALF_Z + XENON_Z_SLOPE * (r - XENON_INNER_RADIUS) - margin
-    z = torch.maximum(torch.minimum(z, z_max), -z_max)
-    return torch.stack([-r * torch.cos(phi), r * torch.sin(phi), z], -1)
-
-
-def light_centroid(npho, known) -> torch.Tensor:
-    """(B, 3) cm: the known sensors' positions weighted by their (positive) photons."""
-    pos, _, _ = _sensor_tables()
-    w = torch.where(_mask(known), _tensor(npho).clamp_min(0.0), 0.0)  # (B, S)
-    total = w.sum(1, keepdim=True)
-    centroid = (w @ pos) / total.clamp_min(1e-12)
-    return torch.where(total > 0, centroid, pos.mean(0))  # an event without light: the detector centre
-
-
 # --- baselines ------------------------------------------------------------------------------------------
 def neighbour_average(values, known, radius: float = NEIGHBOUR_RADIUS, power: float = NEIGHBOUR_POWER
                       ) -> torch.Tensor:
@@ -159,94 +130,9 @@ def solid_angle_average(values, known, source, channel: str = "npho", radius: fl
     """
     if channel not in ("npho", "time"):
         raise ValueError(f"channel must be 'npho' or 'time', got {channel!r}")
-    known = _mask(known)
-    weights = neighbour_weights(float(radius), float(power))
     omega = solid_angle_fraction(source) if omega is None else omega  # (B, S)
-    v = _tensor(values)
-    den = torch.where(known, omega, 0.0)
-    if channel == "npho":
-        return omega * local_ratio(torch.where(known, v, 0.0), den, weights)
-    path = source_distance(source) / OPTICAL_SPEED  # (B, S) ns
-    return path + local_ratio(torch.where(known, (v - path) * omega, 0.0), den, weights)
-
-
-@dataclass
-class PointSource:
-    """A fitted point light source per event."""
-
-    position: torch.Tensor  # (B, 3) cm
-    intensity: torch.Tensor  # (B,) photons into 4 pi
-    chi2: torch.Tensor  # (B,) weighted sum of squares over the known sensors
-    known: torch.Tensor  # (B,) number of sensors fitted
-    fresnel: bool = False  # the MPPC Fresnel acceptance was part of the model
-
-    def npho(self) -> torch.Tensor:
-        """(B, 4760) expected photons of every sensor."""
-        return self.intensity[:, None] * solid_angle_fraction(self.position, fresnel=self.fresnel)
-
-
-def _best_intensity(omega: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Closed-form least-squares I of ``y ~ I omega`` with weights w: (B, S) -> (B,), kept >= 0."""
-    return ((w * omega * y).sum(1) / (w * omega * omega).sum(1).clamp_min(1e-300)).clamp_min(0.0)
-
-
-def fit_point_source(npho, known, iterations: int = FIT_ITERATIONS, noise: float = FIT_NOISE,
-                     start=None, fresnel: bool = False) -> PointSource:
-    """Fit ``npho_i = I * Omega_i(s)`` to the known sensors of every event.
-
-    ``npho`` (B, 4760) photons, ``known`` (B, 4760) bool. Levenberg-Marquardt on (s, I), the
-    intensity re-solved in closed form after each step and the position kept inside the xenon;
-    ``start`` (B, 3) cm overrides the light-weighted centroid as the starting point. Events are
-    fitted together in blocks of :data:`FIT_BLOCK` (small temporaries are much faster to touch
-    than large fresh ones). ``fresnel`` multiplies the model's MPPC light by the MPPC Fresnel
-    acceptance (see :func:`~xecmae.detector.light.solid_angle_fraction`); the returned
-    :class:`PointSource` then predicts with it too.
-    """
-    known = _mask(known)
-    y = torch.where(known, _tensor(npho), 0.0)
-    s = into_xenon(light_centroid(y, known) if start is None else _tensor(start))
-    parts = [_fit_block(y[k:k + FIT_BLOCK], known[k:k + FIT_BLOCK], s[k:k + FIT_BLOCK], iterations, noise, fresnel)
-             for k in range(0, len(y), FIT_BLOCK)]
-    if not parts:
-        empty = torch.zeros(0, dtype=DTYPE)
-        return PointSource(torch.zeros(0, 3, dtype=DTYPE), empty, empty, torch.zeros(0, dtype=torch.long), fresnel)
-    position, intensity, chi2 = (torch.cat(p) for p in zip(*parts, strict=True))
-    return PointSource(position, intensity, chi2, known.sum(1), fresnel)
-
-
-def _fit_block(y: torch.Tensor, known: torch.Tensor, s: torch.Tensor, iterations: int, noise: float,
-               fresnel: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Levenberg-Marquardt for a block of events: photons y (b, S), start s (b, 3) -> (s, I, chi2)."""
-    w = torch.where(known, 1.0 / (y.clamp_min(0.0) + noise**2), 0.0)  # (b, S) 1/photons^2
-    omega, d_omega = solid_angle_fraction(s, grad=True, fresnel=fresnel)
-    intensity = _best_intensity(omega, y, w)
-    chi2 = (w * (intensity[:, None] * omega - y) ** 2).sum(1)
-    damping = torch.full_like(chi2, 1e-3)
-    eye = torch.eye(4, dtype=DTYPE)
-    for _ in range(iterations):
-        jac = torch.cat([intensity[:, None, None] * d_omega, omega[:, None]], 1)  # (b, 4, S)
-        residual = intensity[:, None] * omega - y  # (b, S)
-        jw = jac * w[:, None]
-        hess = jw @ jac.transpose(1, 2)  # (b, 4, 4)
-        grad = (jw @ residual[..., None]).squeeze(-1)  # (b, 4)
-        diag = torch.diagonal(hess, dim1=1, dim2=2).clamp_min(1e-30)
-        system = hess + damping[:, None, None] * torch.diag_embed(diag) + 1e-30 * eye
-        step = -torch.linalg.solve(system, grad)[:, :3]  # (b, 3) cm; the intensity is re-solved
-        trial = into_xenon(s + step)
-        omega_t, d_omega_t = solid_angle_fraction(trial, grad=True, fresnel=fresnel)
-        intensity_t = _best_intensity(omega_t, y, w)
-        chi2_t = (w * (intensity_t[:, None] * omega_t - y) ** 2).sum(1)
-        better = chi2_t < chi2
-        small = (torch.linalg.vector_norm(trial - s, dim=-1) < 1e-4) | (chi2 - chi2_t < 1e-9 * chi2)
-        s = torch.where(better[:, None], trial, s)
-        omega = torch.where(better[:, None], omega_t, omega)
-        d_omega = torch.where(better[:, None, None], d_omega_t, d_omega)
-        intensity = torch.where(better, intensity_t, intensity)
-        chi2 = torch.where(better, chi2_t, chi2)
-        damping = torch.where(better, damping * 0.3, damping * 10.0).clamp(1e-9, 1e9)
-        if bool(((better & small) | (damping >= 1e5)).all()):  # every event of the block has settled
-            break
-    return s, intensity, chi2
+    path = source_distance(source) / OPTICAL_SPEED if channel == "time" else None  # (B, S) ns
+    return shared_solid_angle_average(_tensor(values), _mask(known), omega, path, float(radius), float(power))
 
 
 # --- everything at once -------------------------------------------------------------------------------------

@@ -87,29 +87,35 @@ def mppc_fresnel_factor(cos_incidence) -> np.ndarray:
 
 
 # --- float64, with gradient: for fits ---------------------------------------------------------------
-@cache
-def sensor_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Positions (S, 3) cm, normals into the xenon (S, 3) and equivalent disc radius^2 (S,) cm^2, float64."""
-    return (torch.tensor(geo.sensor_positions(), dtype=DTYPE), torch.tensor(geo.sensor_directions(), dtype=DTYPE),
-            torch.tensor(geo.sensor_area() / np.pi, dtype=DTYPE))
+def sensor_tables(device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions (S, 3) cm, normals into the xenon (S, 3) and equivalent disc radius^2 (S,) cm^2, float64,
+    on ``device`` (built once per device)."""
+    return _sensor_tables(str(torch.device(device)))
 
 
 @cache
-def _light_rhs() -> torch.Tensor:
+def _sensor_tables(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.tensor(geo.sensor_positions(), dtype=DTYPE, device=device),
+            torch.tensor(geo.sensor_directions(), dtype=DTYPE, device=device),
+            torch.tensor(geo.sensor_area() / np.pi, dtype=DTYPE, device=device))
+
+
+@cache
+def _light_rhs(device: str) -> torch.Tensor:
     """(5, 2S): columns of [s, |s|^2, 1] -> |s - p|^2 (first S) and (s - p) . n (last S)."""
-    pos, normal, _ = sensor_tables()
-    ones = torch.ones(len(pos), 1, dtype=DTYPE)
+    pos, normal, _ = sensor_tables(device)
+    ones = torch.ones(len(pos), 1, dtype=DTYPE, device=device)
     dist = torch.cat([-2 * pos, ones, (pos * pos).sum(1, keepdim=True)], 1)  # (S, 5)
     facing = torch.cat([normal, torch.zeros_like(ones), -(pos * normal).sum(1, keepdim=True)], 1)
     return torch.cat([dist, facing], 0).T.contiguous()
 
 
 @cache
-def _mppc_fresnel_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _mppc_fresnel_tensors(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MPPC acceptance values and slopes per grid step (float64), and the (S,) MPPC mask."""
-    table = torch.tensor(acceptance_table()[0], dtype=DTYPE)
+    table = torch.tensor(acceptance_table()[0], dtype=DTYPE, device=device)
     slope = torch.diff(table, append=table[-1:]) * ACCEPTANCE_GRID
-    return table, slope, torch.tensor(geo.is_mppc())
+    return table, slope, torch.tensor(geo.is_mppc(), device=device)
 
 
 def solid_angle_fraction(source, grad: bool = False, fresnel: bool = False):
@@ -119,12 +125,14 @@ def solid_angle_fraction(source, grad: bool = False, fresnel: bool = False):
     source behind the sensor's plane. Uses ``1 - d / q = a^2 / (q (q + d))``,
     ``q = sqrt(d^2 + a^2)``, which is free of cancellation far from the sensor. With
     ``fresnel`` the MPPCs' values are multiplied by their relative Fresnel acceptance
-    (piecewise linear in cos(incidence); its gradient included).
+    (piecewise linear in cos(incidence); its gradient included). Computed on the source's device
+    (a tensor's; the CPU for anything else).
     """
-    pos, normal, a2 = sensor_tables()
     s = torch.as_tensor(source).to(DTYPE)
+    device = str(s.device)
+    pos, normal, a2 = sensor_tables(device)
     lhs = torch.cat([s, (s * s).sum(1, keepdim=True), torch.ones_like(s[:, :1])], 1)  # (B, 5)
-    d2, along = (lhs @ _light_rhs()).chunk(2, dim=1)  # (B, S) each; along = d * cos(incidence)
+    d2, along = (lhs @ _light_rhs(device)).chunk(2, dim=1)  # (B, S) each; along = d * cos(incidence)
     d2 = d2.clamp_min(1e-6)
     front = along > 0
     inv_d = d2.rsqrt()
@@ -134,7 +142,7 @@ def solid_angle_fraction(source, grad: bool = False, fresnel: bool = False):
     cos = (along * inv_d).clamp_min(0.0)
     omega = 0.5 * cos * disc
     if fresnel:
-        table, slope, mppc = _mppc_fresnel_tensors()
+        table, slope, mppc = _mppc_fresnel_tensors(device)
         index = (cos.clamp(0.0, 1.0) * ACCEPTANCE_GRID).floor().long().clamp_max(ACCEPTANCE_GRID)
         frac = cos.clamp(0.0, 1.0) - index.to(DTYPE) / ACCEPTANCE_GRID
         factor = torch.where(mppc, table[index] + slope[index] * frac, 1.0)

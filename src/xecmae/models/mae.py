@@ -12,7 +12,7 @@ from xecmae.models.decoders import FaceDecoder, GraphFaceDecoder, GridRefiner, H
 from xecmae.models.encoder import EncoderModel, XECEncoder
 from xecmae.models.faces import INPUT_CHANNELS
 from xecmae.models.masking import hide, random_masking
-from xecmae.neighbours import neighbour_average
+from xecmae.models.priors import PRIOR_FIT_ITERATIONS, PRIORS, classical_prior
 from xecmae.normalize import Normalizer
 
 
@@ -31,8 +31,11 @@ class XEC_MAE(EncoderModel):
                  dropout: float = 0.1, outer_mode: str = "finegrid", outer_fine_pool: tuple[int, int] | None = None,
                  predict_channels: tuple[str, ...] = ("npho", "time"), mask_ratio: float = 0.6,
                  time_mask_ratio_scale: float = 1.0, auto_channel_weight: bool = False,
-                 freeze_encoder: bool = False, refine: bool = False):
+                 freeze_encoder: bool = False, refine: bool = False, prior: str = "neighbour",
+                 prior_fit_iterations: int = PRIOR_FIT_ITERATIONS):
         super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
         if tuple(predict_channels) not in (("npho",), ("npho", "time")):
             raise ValueError(f"predict_channels must be ['npho'] or ['npho', 'time'], got {list(predict_channels)}")
         if not 0 < mask_ratio < 1:
@@ -41,6 +44,7 @@ class XEC_MAE(EncoderModel):
         self.predict_channels = tuple(predict_channels)
         self.mask_ratio = mask_ratio
         self.time_mask_ratio_scale = time_mask_ratio_scale
+        self.prior, self.prior_fit_iterations = prior, int(prior_fit_iterations)
         self.encoder = XECEncoder(normalizer, encoder_dim, dim_feedforward, num_fusion_layers, num_heads, dropout,
                                   outer_mode, outer_fine_pool)
         channels = len(self.predict_channels)
@@ -48,7 +52,7 @@ class XEC_MAE(EncoderModel):
         self.decoders = nn.ModuleDict(
             {face: FaceDecoder(encoder_dim, decoder_dim, channels, shapes[face]) for face in RECT_FACES})
         self.decoders.update({face: GraphFaceDecoder(encoder_dim, decoder_dim, channels) for face in HEX_FACES})
-        # the inpainter: a learned correction to the neighbour average of the visible sensors
+        # the inpainter: a learned correction to a classical estimate from the visible sensors (the prior)
         self.refiners = nn.ModuleDict(
             {face: GridRefiner(channels, INPUT_CHANNELS) for face in RECT_FACES}
             | {face: HexRefiner(channels, INPUT_CHANNELS) for face in HEX_FACES}) if refine else None
@@ -86,21 +90,17 @@ class XEC_MAE(EncoderModel):
         norm = self.normalizer
         x_in, valid_in = hide(x, valid, hidden, norm.sentinel_npho, norm.sentinel_time)
         with torch.autocast(x.device.type, enabled=False):
-            estimate = self.neighbour_estimate(x_in.float(), valid_in)  # (B, 4760, C)
+            estimate = self.prior_estimate(x_in, valid_in)  # (B, 4760, C)
             estimate_faces, face_input = mapper.to_grids(estimate), mapper.to_faces(x_in.float(), valid_in)
         corrections = {f: self.refiners[f](out, face_input[f], estimate_faces[f]) for f, out in faces.items()}
         with torch.autocast(x.device.type, enabled=False):
             pred = estimate + mapper.to_sensors({k: v.float() for k, v in corrections.items()})
         return MAEOutput(pred, hidden, {f: estimate_faces[f] + corrections[f].float() for f in faces})
 
-    def neighbour_estimate(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, 4760, C) the neighbour average of the visible sensors (npho averaged in photons)."""
-        norm = self.normalizer
-        photons = norm.npho_inverse(torch.where(valid[..., 0], x[..., 0], 0.0))
-        channels = [norm.npho_forward(neighbour_average(photons, valid[..., 0]))]
-        if len(self.predict_channels) > 1:
-            channels.append(neighbour_average(x[..., 1], valid[..., 1]))
-        return torch.stack(channels, dim=-1)
+    def prior_estimate(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, 4760, C) the configured classical estimate from the visible sensors (:mod:`xecmae.models.priors`)."""
+        return classical_prior(x, valid, self.normalizer, self.prior, len(self.predict_channels),
+                               self.prior_fit_iterations)
 
 
 def build_mae(cfg) -> XEC_MAE:
@@ -112,7 +112,9 @@ def build_mae(cfg) -> XEC_MAE:
                    predict_channels=tuple(m.predict_channels), mask_ratio=m.mask_ratio,
                    time_mask_ratio_scale=cfg.training.time.mask_ratio_scale,
                    auto_channel_weight=cfg.training.auto_channel_weight,
-                   freeze_encoder=getattr(m, "freeze_encoder", False), refine=getattr(m, "refine", False))
+                   freeze_encoder=getattr(m, "freeze_encoder", False), refine=getattr(m, "refine", False),
+                   prior=getattr(m, "prior", "neighbour"),
+                   prior_fit_iterations=getattr(m, "prior_fit_iterations", PRIOR_FIT_ITERATIONS))
 
 
 def parameter_summary(model: nn.Module) -> str:
