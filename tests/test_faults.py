@@ -26,9 +26,9 @@ import uproot
 
 from conftest import tiny_config
 from xecmae.cli import main as cli
+from xecmae.data.atomic import partial_name
 from xecmae.data.rootio import write_tree
 from xecmae.errors import UserError
-from xecmae.train import checkpoint as checkpoint_module
 from xecmae.train import engine, loop
 from xecmae.train.checkpoint import load_checkpoint
 from xecmae.train.pretrain import pretrain
@@ -402,7 +402,7 @@ def test_fault11_temporary_files_are_named_and_cleaned(small, trained, tmp_path,
     rc, err = run_cli(["predict", "--checkpoint", str(trained), "--input", small["val"], "--output", str(out)], capsys)
     assert rc == 0, err[-2000:]
     assert out.is_file() and not left.exists()
-    assert checkpoint_module.partial_name(out).name == f".filled.root.partial-{os.getpid()}"
+    assert partial_name(out).name == f".filled.root.partial-{os.getpid()}"
 
 
 # --- 12 --------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from matplotlib.colors import LogNorm
 
 from xecmae import geometry as geo
 from xecmae.analysis import baselines as bl
-from xecmae.analysis.predictions import METADATA, TREE, normalizer_from_metadata, read_metadata
+from xecmae.data.predictions import METADATA, TREE, normalizer_from_metadata, read_metadata
 from xecmae.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -212,7 +212,7 @@ def prediction_event_figure(path, entry: int = 0, channel: str = "npho") -> plt.
     """
     import uproot
 
-    from xecmae.analysis.predictions import normalizer_from_metadata, read_metadata
+    from xecmae.data.predictions import normalizer_from_metadata, read_metadata
 
     meta = read_metadata(path)
     if channel not in meta["predict_channels"]:

@@ -5,7 +5,6 @@ Drawn from the report's own JSON data only, so every figure can be redrawn from 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from xecmae.data.atomic import save_figure
 from xecmae.train.resolution import COMPONENTS, LABELS
 
 STYLE = {"model": {"color": "k", "label": "model"}, "classical": {"color": "tab:red", "label": "classical"}}
@@ -22,13 +22,10 @@ AXIS_LABELS = {"u": "true u [cm]", "v": "true v [cm]", "w": "true w [cm]", "ener
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        save_figure(fig, path, dpi=100)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

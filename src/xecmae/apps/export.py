@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -30,9 +29,9 @@ import xecmae
 from xecmae.apps.graphs import INPUT_NAMES, INPUT_UNITS, make_graph, output_names
 from xecmae.apps.predict import check_output
 from xecmae.apps.trained import load_trained
+from xecmae.data.atomic import atomic_path
 from xecmae.errors import UserError
 from xecmae.geometry import N_SENSORS
-from xecmae.train.rundir import partial_name
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +109,8 @@ def export_model(checkpoint: str | Path, output: str | Path, fmt: str = "onnx", 
     meta = metadata(trained, graph)
     with torch.no_grad():
         graph(*example_inputs())  # fills the models' lazily built tables outside the tracer
-    tmp = partial_name(output)
-    try:
+    with atomic_path(output) as tmp:
         (_export_onnx if fmt == "onnx" else _export_torchscript)(graph, tmp, meta)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("%s: %s %s, outputs %s", output, part, fmt, ", ".join(output_names(graph)))
     return meta
 

@@ -22,7 +22,6 @@ from xecmae.apps.trained import check_run_options, load_trained
 from xecmae.data.deadchannels import DeadChannels, apply_dead_channels
 from xecmae.errors import UserError
 from xecmae.models import XEC_MAE
-from xecmae.train.rundir import partial_name
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +116,10 @@ def _write_filled(tree, model: XEC_MAE, dev: torch.device, input_path: str, outp
                 bar.update(len(npho))
                 yield arrays
 
-    tmp = partial_name(output_path)
     try:
-        write_tree(str(tmp), chunks(), tree_name=tree_name)
-        os.replace(tmp, output_path)
+        write_tree(output_path, chunks(), tree_name=tree_name)
     except OSError as exc:
         raise UserError(f"cannot write {output_path} ({os.strerror(exc.errno) if exc.errno else exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return counts
 
 

@@ -23,24 +23,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import awkward as ak
 import numpy as np
 import torch
-import uproot
 from tqdm import tqdm
 
 import xecmae
 from xecmae.apps.events import EventSource, common_truth
 from xecmae.apps.regress import output_units, prediction_branches, regressed_chunks
 from xecmae.apps.trained import Trained, check_run_options, load_trained
+from xecmae.data.rootio import TreeWriter
 from xecmae.errors import UserError
-from xecmae.train.rundir import check_writable, clean_stale_partials, partial_name
+from xecmae.train.rundir import check_writable, clean_stale_partials
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +71,6 @@ def metadata(trained: Trained, source: EventSource, files: Sequence[str], events
             "units": json.dumps(units), "xecmae_version": xecmae.__version__, "torch_version": torch.__version__}
 
 
-def write_metadata(file, meta: dict[str, str | float]) -> None:
-    types = {k: "string" if isinstance(v, str) else np.float64 for k, v in meta.items()}
-    tree = file.mktree(METADATA, types)
-    tree.extend({k: ak.Array([v]) if isinstance(v, str) else np.array([v], dtype=np.float64)
-                 for k, v in meta.items()})
-
-
 def predict_regression(checkpoint: str | Path, inputs: str | Sequence[str], output: str | Path, *,
                        source: EventSource | None = None, chunk_events: int = 1024, batch_size: int = 256,
                        device: str = "cpu") -> dict[str, int]:
@@ -107,18 +98,9 @@ def predict_regression(checkpoint: str | Path, inputs: str | Sequence[str], outp
                 yield {"run": chunk["run"], "event": chunk["event"], **prediction_branches(pred),
                        **{name: chunk[name] for name in copied}}
 
-    tmp = partial_name(output)
-    try:
-        with uproot.recreate(tmp, compression=uproot.LZ4(1)) as file:
-            tree = None
-            for arrays in rows():
-                if tree is None:
-                    tree = file.mktree(TREE, {k: np.dtype((v.dtype, v.shape[1:])) if v.ndim > 1 else v.dtype
-                                              for k, v in arrays.items()})
-                tree.extend(arrays)
-            write_metadata(file, metadata(trained, source, [p.path for p in planned], counts["events"]))
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with TreeWriter(output, TREE) as out:
+        for arrays in rows():
+            out.extend(arrays)
+        out.write_metadata(metadata(trained, source, [p.path for p in planned], counts["events"]), METADATA)
     log.info("%s: %d events from %d file(s)", output, counts["events"], counts["files"])
     return counts

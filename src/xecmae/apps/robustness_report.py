@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-from xecmae.apps.validate import _atomic_write_text, _json_safe
+from xecmae.apps.validate import _json_safe
+from xecmae.data.atomic import save_figure, write_text
 
 REPORT_JSON = "robustness.json"
 REPORT_MD = "robustness.md"
@@ -69,13 +69,10 @@ def plot_robustness(result: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{result['events']['fiducial']} events, {result['dead_maps']['kind']} dead maps", fontsize=9)
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        save_figure(fig, path, dpi=100)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -85,6 +82,6 @@ def write_report(result: dict[str, Any], out_dir: Path, plots: bool = True) -> l
     if plots:
         written.append(plot_robustness(result, out_dir / REPORT_PNG))
     result["files"] = [str(p) for p in written]
-    _atomic_write_text(out_dir / REPORT_MD, markdown_table(result))
-    _atomic_write_text(out_dir / REPORT_JSON, json.dumps(_json_safe(result), indent=1))
+    write_text(out_dir / REPORT_MD, markdown_table(result))
+    write_text(out_dir / REPORT_JSON, json.dumps(_json_safe(result), indent=1))
     return written

@@ -37,6 +37,7 @@ from xecmae.apps.events import EventSource
 from xecmae.apps.regress import SIGMA, regressed_chunks, truth_of
 from xecmae.apps.trained import check_run_options, load_trained
 from xecmae.config import FiducialConfig, ValidationConfig
+from xecmae.data.atomic import write_text
 from xecmae.errors import UserError
 from xecmae.models.regressor import TASK_TARGETS
 from xecmae.train.resolution import (
@@ -170,15 +171,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def check_output_dir(out_dir: Path) -> None:
     """The folder exists (or its parent does, to create it) and can be written."""
     target = out_dir if out_dir.exists() else out_dir.parent
@@ -250,5 +242,5 @@ def validate_regressor(checkpoint: str | Path, inputs, out_dir: str | Path, *, s
 
         figures = [str(p) for p in plot_report(result, out_dir)]
     result["figures"] = figures
-    _atomic_write_text(out_dir / REPORT, json.dumps(_json_safe(result), indent=1))
+    write_text(out_dir / REPORT, json.dumps(_json_safe(result), indent=1))
     return result

@@ -1,4 +1,4 @@
-"""Validated reading of XEC TTrees in chunks, and a small writer for TTrees of fixed-size arrays.
+"""Validated reading of XEC TTrees in chunks, and the one writer of ROOT files (atomic, in chunks).
 
 Layout of an input file: a TTree (``tree`` by default) with per-event
 fixed-size arrays ``npho`` float32[4760] (photons) and ``relative_time`` float32[4760]
@@ -12,13 +12,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import uproot
 
+from xecmae.data.atomic import Partial
+from xecmae.data.readbuffers import ReadBuffers
 from xecmae.data.sources import REMOTE_SCHEMES
 from xecmae.errors import UserError
 from xecmae.geometry import N_SENSORS
@@ -200,51 +203,6 @@ def read_steps(entry_start: int, entry_stop: int, step_size: int,
     return steps
 
 
-def _references(pool: list[np.ndarray]) -> list[int]:
-    return [sys.getrefcount(buffer) for buffer in pool]
-
-
-_IDLE_REFS = _references([np.empty(0)])[0]
-"""References a buffer that only its pool holds has, counted by :func:`_references` itself."""
-
-
-def _free_indices(pool: list[np.ndarray]) -> list[int]:
-    """Where ``pool`` holds buffers that nothing outside the pool refers to."""
-    return [i for i, count in enumerate(_references(pool)) if count <= _IDLE_REFS]
-
-
-class ReadBuffers:
-    """Output arrays for reads, reused once nothing refers to them any more.
-
-    A fresh array for every read costs the kernel a page fault and a zeroed page per 4 kB (or
-    2 MB) of it, and uproot, left to itself, fills one array in file byte order and then makes
-    a second, byte-swapped one. Reading into a buffer of this pool does one byte-swapping copy
-    into memory that is already mapped. A buffer counts as in use while any array refers to it:
-    every numpy view of it holds a reference, so rows still queued, shuffled or being normalised
-    are never overwritten, whoever holds them.
-    """
-
-    def __init__(self):
-        self._pools: dict[tuple[str, np.dtype, tuple[int, ...]], list[np.ndarray]] = {}
-
-    def take(self, name: str, rows: int, inner: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A (rows, *inner) array of ``dtype`` for branch ``name``, reused or new."""
-        pool = self._pools.setdefault((name, np.dtype(dtype), tuple(inner)), [])
-        free = _free_indices(pool)
-        fitting = [i for i in free if len(pool[i]) >= rows]
-        if fitting:
-            return pool[fitting[0]][:rows]
-        buffer = np.empty((rows, *inner), dtype)
-        if free:  # a free one too small is replaced: the pool holds no more buffers than are in use at once
-            pool[free[0]] = buffer
-        else:
-            pool.append(buffer)
-        return buffer[:rows]
-
-    def __len__(self) -> int:
-        return sum(len(pool) for pool in self._pools.values())
-
-
 def read_range(path: str, tree_name: str, branches: Sequence[str], entry_start: int, entry_stop: int,
                step_size: int, boundaries: np.ndarray | None = None, buffers: ReadBuffers | None = None,
                into: Sequence[str] = ()) -> Iterator[dict[str, np.ndarray]]:
@@ -285,30 +243,120 @@ def _read_into(branch, out: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 # --- writing -------------------------------------------------------------------------------
+COMPRESSIONS = ("lz4", "zlib", "lzma", "none")
+
+
+def codec(compression: str | uproot.compression.Compression | None):
+    """An uproot codec from a name of :data:`COMPRESSIONS` (level 1 each), or a codec as given."""
+    if not isinstance(compression, str):
+        return compression
+    table = {"lz4": lambda: uproot.LZ4(1), "zlib": lambda: uproot.ZLIB(1), "lzma": lambda: uproot.LZMA(1),
+             "none": lambda: None}
+    if compression not in table:
+        raise UserError(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
+    return table[compression]()
+
+
 def branch_types(arrays: Mapping[str, np.ndarray]) -> dict[str, np.dtype]:
     """Per-event TTree branch types of a dict of (n, ...) arrays: float32[4760] for (n, 4760)."""
     return {name: np.dtype((a.dtype, a.shape[1:])) if a.ndim > 1 else a.dtype for name, a in arrays.items()}
 
 
-def write_tree(path: str, chunks: Iterable[Mapping[str, np.ndarray]], tree_name: str = "tree",
-               types: Mapping[str, np.dtype] | None = None, compression=None) -> int:
-    """Write chunks (dicts of equal-length arrays) as one TTree; returns the number of entries.
+def _metadata_column(value: str | float | int | np.generic) -> tuple[Any, Any]:
+    """(branch type, one-entry array): strings as strings, numpy scalars keep their type, int -> int64."""
+    if isinstance(value, str):
+        import awkward as ak
 
-    Branch types come from ``types`` or from the first chunk. Each chunk becomes one basket per
-    branch, so chunks of >= 100 kB per branch keep the file efficient. With uproot 5 a plain
-    dict assignment would write an RNTuple; ``mktree`` writes a TTree. LZ4 by default.
+        return "string", ak.Array([value])
+    dtype = value.dtype if isinstance(value, np.generic) else np.int64 if isinstance(value, int) else np.float64
+    return np.dtype(dtype), np.array([value], dtype=dtype)
+
+
+class TreeWriter:
+    """The one ROOT writer: a TTree filled chunk by chunk, plus one-entry metadata trees, atomically.
+
+    The file is written at ``.NAME.partial-PID`` (:mod:`xecmae.data.atomic`) and renamed when
+    :meth:`close` completes; :meth:`abort`, or an exception in a ``with`` block, removes it
+    (``atomic=False``: the caller writes to a partial path already). Branch types come from
+    ``types`` or from the first chunk (``mktree``: uproot 5 would write an RNTuple otherwise).
+    Each flush is one basket per branch; ``basket_events`` gathers small chunks up to that many
+    events, since baskets of >= 100 kB per branch keep the file efficient.
     """
-    entries = 0
-    with uproot.recreate(path, compression=compression or uproot.LZ4(1)) as file:
-        tree = file.mktree(tree_name, dict(types)) if types is not None else None
+
+    def __init__(self, path: str | os.PathLike, tree: str = "tree", types: Mapping[str, Any] | None = None, *,
+                 compression: str | uproot.compression.Compression | None = "lz4", title: str = "",
+                 basket_events: int = 0, atomic: bool = True):
+        self.path, self.tree_name, self.title = Path(path), tree, title
+        self.basket_events, self.entries = basket_events, 0
+        self._pending: list[Mapping[str, np.ndarray]] = []
+        self._buffered = 0
+        self._partial = Partial(self.path) if atomic else None
+        try:
+            self.file = uproot.recreate(self._partial.path if atomic else self.path, compression=codec(compression))
+        except BaseException:
+            self.abort()
+            raise
+        self.tree = self.file.mktree(tree, dict(types), title=title) if types is not None else None
+
+    def extend(self, chunk: Mapping[str, np.ndarray]) -> None:
+        """Append a dict of equal-length (n, ...) arrays."""
+        self._pending.append(chunk)
+        self._buffered += len(next(iter(chunk.values())))
+        if self._buffered >= self.basket_events:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending, n = self._pending, [], self._buffered
+        joined = pending[0] if len(pending) == 1 else {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        if self.tree is None:
+            self.tree = self.file.mktree(self.tree_name, branch_types(joined), title=self.title)
+        self.tree.extend(dict(joined))
+        self.entries += n
+        self._buffered = 0
+
+    def write_metadata(self, values: Mapping[str, Any], name: str = "metadata") -> None:
+        """A one-entry TTree ``name``: strings, numpy scalars (their type), ints (int64), floats (float64)."""
+        columns = {key: _metadata_column(value) for key, value in values.items()}
+        tree = self.file.mktree(name, {key: kind for key, (kind, _) in columns.items()})
+        tree.extend({key: array for key, (_, array) in columns.items()})
+
+    def close(self) -> Path:
+        """Write what is buffered, close the file and give it its final name."""
+        try:
+            self.flush()
+            if self.tree is None:
+                raise ValueError(f"{self.path}: a tree needs branch types when there are no chunks")
+            self.file.close()
+            return self._partial.commit() if self._partial else self.path
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close and remove the partial file (a no-op after :meth:`close`)."""
+        if hasattr(self, "file"):
+            self.file.close()
+        if self._partial:
+            self._partial.discard()
+
+    def __enter__(self) -> TreeWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_tree(path: str | os.PathLike, chunks: Iterable[Mapping[str, np.ndarray]], tree_name: str = "tree",
+               types: Mapping[str, np.dtype] | None = None, compression="lz4") -> int:
+    """Write chunks (dicts of equal-length arrays) as one TTree, atomically; returns the number of entries."""
+    with TreeWriter(path, tree_name, types, compression=compression) as out:
         for chunk in chunks:
-            if tree is None:
-                tree = file.mktree(tree_name, branch_types(chunk))
-            tree.extend(dict(chunk))
-            entries += len(next(iter(chunk.values())))
-        if tree is None:
-            raise ValueError("write_tree needs branch types when there are no chunks")
-    return entries
+            out.extend(chunk)
+    return out.entries
 
 
 def expected_shapes(npho_branch: str, time_branch: str, truth: bool) -> dict[str, tuple[int, ...]]:

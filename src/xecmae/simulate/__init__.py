@@ -13,6 +13,7 @@ Three ways out: :meth:`EventGenerator.generate` (arrays), :func:`write_root` (TT
 :func:`sim_chunks`).
 """
 
+from xecmae.data.rootio import COMPRESSIONS
 from xecmae.detector.light import OPTICAL_SPEED, PHOTONS_PER_MEV, expected_photons, in_xenon
 from xecmae.simulate.deadmaps import (
     DEAD_RATE_AT_ONE_PERCENT,
@@ -20,7 +21,7 @@ from xecmae.simulate.deadmaps import (
     dead_mask_from_ids,
     random_dead_mask,
 )
-from xecmae.simulate.files import COMPRESSIONS, check_writable, output_paths, write_root
+from xecmae.simulate.files import check_writable, output_paths, write_root
 from xecmae.simulate.generator import BLOCK_EVENTS, BRANCHES, EventGenerator, empty_events
 from xecmae.simulate.kinematics import COS_THETA_MAX, PHI_MAX, SIGNAL_ENERGY, Spectrum, parse_spectrum
 from xecmae.simulate.poisson import sample_poisson

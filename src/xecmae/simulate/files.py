@@ -1,4 +1,5 @@
-"""ROOT files of simulated events: TTrees written chunk by chunk, atomically, with a writer thread."""
+"""ROOT files of simulated events: TTrees written chunk by chunk (:class:`~xecmae.data.rootio.TreeWriter`),
+atomically, with a writer thread."""
 
 from __future__ import annotations
 
@@ -11,23 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from xecmae.data.atomic import atomic_paths
+from xecmae.data.rootio import TreeWriter, codec
 from xecmae.errors import UserError
 from xecmae.simulate.generator import BRANCHES, EventGenerator, empty_events
 
 log = logging.getLogger(__name__)
-
-COMPRESSIONS = ("lz4", "zlib", "lzma", "none")
-
-
-def _compression(name: str):
-    import uproot
-
-    table = {"lz4": lambda: uproot.LZ4(1), "zlib": lambda: uproot.ZLIB(1), "lzma": lambda: uproot.LZMA(1),
-             "none": lambda: None}
-    if name not in table:
-        raise UserError(f"unknown compression {name!r}: use one of {', '.join(COMPRESSIONS)}")
-    return table[name]()
-
 
 def output_paths(path: str | os.PathLike, files: int) -> list[Path]:
     """``FILE.root`` for one file; ``FILE_0.root`` ... ``FILE_{K-1}.root`` for ``files`` = K > 1."""
@@ -66,8 +56,6 @@ def write_root(path: str | os.PathLike, n_events: int, generator: EventGenerator
     file is written under a temporary name and renamed only when all are complete, so a failure
     (or Ctrl-C) leaves no partial file behind.
     """
-    import uproot
-
     if isinstance(n_events, bool) or not isinstance(n_events, int | np.integer) or n_events <= 0:
         raise UserError(f"the number of events must be a positive integer, got {n_events!r}")
     if isinstance(files, bool) or not isinstance(files, int | np.integer) or files <= 0:
@@ -78,10 +66,9 @@ def write_root(path: str | os.PathLike, n_events: int, generator: EventGenerator
         raise UserError(f"chunk_events must be positive, got {chunk_events}")
     if first_event < 0 or first_event + n_events > np.iinfo(np.int32).max:
         raise UserError(f"event numbers {first_event}..{first_event + n_events - 1} do not fit the int32 event branch")
-    codec = _compression(compression)
+    compressor = codec(compression)
     paths = output_paths(path, int(files))
     check_writable(paths)
-    temps = [p.with_name(f".{p.name}.part-{os.getpid()}") for p in paths]
     bounds = [first_event + k * n_events // files for k in range(files + 1)]
     branch_types = {name: dtype if shape == () else np.dtype((dtype, shape))
                     for name, (dtype, shape) in BRANCHES.items()}
@@ -94,29 +81,24 @@ def write_root(path: str | os.PathLike, n_events: int, generator: EventGenerator
         native = empty_events(chunk_events)
         buffers.put((native, {k: np.empty_like(v, dtype=v.dtype.newbyteorder(">")) for k, v in native.items()}))
     try:
-        for temp, start, stop in zip(temps, bounds[:-1], bounds[1:], strict=True):
-            with uproot.recreate(temp, compression=codec) as handle:
-                handle.mktree(tree, branch_types, title="simulated XEC events")
-                try:
-                    for lo in range(start, stop, chunk_events):
-                        m = min(chunk_events, stop - lo)
-                        native, big_endian = buffers.get()
-                        generator.fill(native, lo, m, workers=workers)
-                        for name, values in native.items():
-                            np.copyto(big_endian[name][:m], values[:m])
-                        writer.put(handle[tree].extend, {k: v[:m] for k, v in big_endian.items()},
-                                   done=lambda b=(native, big_endian): buffers.put(b))
-                        bar.update(m)
-                    writer.flush()
-                except BaseException:
-                    writer.abandon()  # nothing may touch the file once it is closed
-                    raise
-        for temp, final in zip(temps, paths, strict=True):
-            os.replace(temp, final)
-    except BaseException:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
-        raise
+        with atomic_paths(paths) as temps:
+            for temp, start, stop in zip(temps, bounds[:-1], bounds[1:], strict=True):
+                with TreeWriter(temp, tree, branch_types, compression=compressor, title="simulated XEC events",
+                                atomic=False) as out:
+                    try:
+                        for lo in range(start, stop, chunk_events):
+                            m = min(chunk_events, stop - lo)
+                            native, big_endian = buffers.get()
+                            generator.fill(native, lo, m, workers=workers)
+                            for name, values in native.items():
+                                np.copyto(big_endian[name][:m], values[:m])
+                            writer.put(out.extend, {k: v[:m] for k, v in big_endian.items()},
+                                       done=lambda b=(native, big_endian): buffers.put(b))
+                            bar.update(m)
+                        writer.flush()
+                    except BaseException:
+                        writer.abandon()  # nothing may touch the file once it is closed
+                        raise
     finally:
         writer.close()
         bar.close()

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from xecmae.data.atomic import torch_save
 from xecmae.errors import UserError
-from xecmae.train.rundir import partial_name
 
 MAE_BEST = "mae_checkpoint_best.pth"
 MAE_LAST = "mae_checkpoint_last.pth"
@@ -31,23 +31,14 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     ``torch.save``) removes the partial file and raises one line; ``path`` itself is untouched.
     """
     path = Path(path)
-    tmp = partial_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies, as for open()
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        return torch_save(payload, path)
     except (OSError, RuntimeError) as exc:
-        tmp.unlink(missing_ok=True)
         if isinstance(exc, RuntimeError) and not _is_write_failure(exc):
             raise
         kept = "; the previous checkpoint there is kept" if path.is_file() else ""
         raise CheckpointWriteError(f"cannot write checkpoint {path}: {_write_reason(exc, path.parent)}{kept}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _is_write_failure(exc: RuntimeError) -> bool:

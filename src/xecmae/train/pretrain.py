@@ -28,7 +28,7 @@ class PredictionReport:
     """Streams up to ``predictions_max_events`` validation reconstructions into a prediction file."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, kind: str, epoch: int):
-        from xecmae.analysis.predictions import PredictionWriter
+        from xecmae.data.predictions import PredictionWriter
 
         self.path = run_dir / f"{kind}_predictions_epoch_{epoch}.root"
         self.display = run_dir / f"event_display_epoch_{epoch}.png"

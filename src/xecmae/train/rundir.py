@@ -4,7 +4,8 @@ A run directory that already holds checkpoints is someone's compute: it is conti
 ``checkpoint.resume_from`` and replaced only with ``checkpoint.overwrite``. A live run holds an
 exclusive ``flock`` on ``.lock`` inside it for its whole lifetime, so a second run with the same
 name stops with one line instead of writing over the first. Temporary files are named
-``.NAME.partial-PID``; those whose process is gone are removed when a run starts.
+``.NAME.partial-PID`` (:mod:`xecmae.data.atomic`); those whose process is gone are removed
+when a run starts.
 """
 
 from __future__ import annotations
@@ -25,11 +26,6 @@ PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$")
 LEGACY_TEMPORARY = re.compile(r"^\..+\.(pth|root)(\.[A-Za-z0-9_]+)?\.tmp$")  # names of earlier versions
 
 _held: dict[str, int] = {}  # resolved run directory -> open lock descriptor
-
-
-def partial_name(path: Path) -> Path:
-    """Where ``path`` is written before the atomic rename: ``.NAME.partial-PID`` beside it."""
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,108 @@
+"""Prediction files: per-event truth, masked input, reconstruction and error for every sensor.
+
+``mae_predictions_epoch_N.root`` holds a TTree ``tree`` with ``event_id``, ``run`` and float32[4760]
+branches ``truth_X``, ``masked_X``, ``pred_X``, ``error_X`` (pred - truth) for X in the predicted
+channels, plus ``mask`` (1 = hidden), ``valid_npho`` and ``valid_time`` (1 = the truth is a real
+value), all in normalized units; a one-entry TTree ``metadata`` has ``predict_channels``
+("npho" or "npho,time") and the normalization needed to convert back to photons and seconds.
+Files are written in chunks by :class:`xecmae.data.rootio.TreeWriter`, atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uproot
+
+from xecmae.data.rootio import TreeWriter
+from xecmae.geometry import N_SENSORS
+from xecmae.normalize import Normalizer
+
+TREE = "tree"
+METADATA = "metadata"
+SENSOR_ARRAY = np.dtype((np.float32, (N_SENSORS,)))
+CHUNK_EVENTS = 128  # ~2.4 MB per branch per basket
+METADATA_NUMBERS = ("npho_scale", "npho_scale2", "time_scale", "time_shift", "sentinel_npho", "sentinel_time",
+                    "npho_threshold")  # float64 each
+
+
+def branch_types(channels: tuple[str, ...]) -> dict[str, Any]:
+    types: dict[str, Any] = {"event_id": np.int64, "run": np.int32}
+    for name in channels:
+        for kind in ("truth", "masked", "pred", "error"):
+            types[f"{kind}_{name}"] = SENSOR_ARRAY
+    for name in ("mask", "valid_npho", "valid_time"):
+        types[name] = SENSOR_ARRAY
+    return types
+
+
+class PredictionWriter:
+    """Collects batches and writes them in chunks of ``chunk_events``; use as a context manager."""
+
+    def __init__(self, path: str | Path, channels: tuple[str, ...], normalizer: Normalizer,
+                 chunk_events: int = CHUNK_EVENTS):
+        self.path = Path(path)
+        self.channels = tuple(channels)
+        self.normalizer = normalizer
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.out = TreeWriter(self.path, TREE, branch_types(self.channels), basket_events=chunk_events)
+
+    @property
+    def written(self) -> int:
+        """Events written so far (without those still buffered)."""
+        return self.out.entries
+
+    def add(self, *, event: np.ndarray, run: np.ndarray, x: np.ndarray, valid: np.ndarray, hidden: np.ndarray,
+            pred: np.ndarray) -> None:
+        """One batch, numpy arrays: x, valid (B, 4760, 2); hidden (B, 4760); pred (B, 4760, C)."""
+        norm = self.normalizer
+        masked = np.where(hidden[..., None], np.float32([norm.sentinel_npho, norm.sentinel_time]), x)
+        arrays = {"event_id": event.astype(np.int64), "run": run.astype(np.int32),
+                  "mask": hidden.astype(np.float32),
+                  "valid_npho": valid[..., 0].astype(np.float32), "valid_time": valid[..., 1].astype(np.float32)}
+        for c, name in enumerate(self.channels):
+            arrays[f"truth_{name}"] = x[..., c].astype(np.float32)
+            arrays[f"masked_{name}"] = masked[..., c].astype(np.float32)
+            arrays[f"pred_{name}"] = pred[..., c].astype(np.float32)
+            arrays[f"error_{name}"] = (pred[..., c] - x[..., c]).astype(np.float32)
+        self.out.extend(arrays)
+
+    def close(self) -> Path:
+        self.out.flush()
+        norm = self.normalizer
+        self.out.write_metadata({"predict_channels": ",".join(self.channels), "npho_scheme": norm.npho_scheme,
+                                 **{k: float(getattr(norm, k)) for k in METADATA_NUMBERS},
+                                 "events": np.int64(self.out.entries)}, METADATA)
+        return self.out.close()
+
+    def abort(self) -> None:
+        self.out.abort()
+
+    def __enter__(self) -> PredictionWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_metadata(source: str | Path | uproot.ReadOnlyDirectory) -> dict[str, Any]:
+    """The metadata entry of a prediction file (a path or an open file), ``predict_channels`` as a tuple."""
+    if isinstance(source, (str, Path)):
+        with uproot.open(source) as f:
+            return read_metadata(f)
+    raw = source[METADATA].arrays(library="np")
+    meta = {k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in raw.items()}
+    meta["predict_channels"] = tuple(str(meta["predict_channels"]).split(","))
+    return meta
+
+
+def normalizer_from_metadata(meta: dict[str, Any]) -> Normalizer:
+    return Normalizer(npho_scheme=str(meta["npho_scheme"]), npho_scale=meta["npho_scale"],
+                      npho_scale2=meta["npho_scale2"], time_scale=meta["time_scale"], time_shift=meta["time_shift"],
+                      sentinel_npho=meta["sentinel_npho"], sentinel_time=meta["sentinel_time"],
+                      npho_threshold=meta["npho_threshold"])
