@@ -47,8 +47,8 @@ from torch.utils.data import DataLoader
 from xecmae.data.fastnorm import count_bad
 from xecmae.data.rootio import ReadBuffers, expected_shapes, read_range, scan, write_tree
 from xecmae.data.stream import EventPool, XECStream, normalize_blocks, segment_blocks
-from xecmae.geometry import N_SENSORS
-from xecmae.normalize import Normalizer
+from xecmae.detector.geometry import N_SENSORS
+from xecmae.detector.normalize import Normalizer
 from xecmae.runtime import map_large_blocks
 
 WRITE_CHUNK = 1000  # events per basket when writing: ~19 MB per branch

@@ -33,8 +33,8 @@ import time
 import numpy as np
 import torch
 
-from xecmae import geometry as geo
 from xecmae.analysis.baselines import fit_point_source, single_thread
+from xecmae.detector import geometry as geo
 from xecmae.simulate import EventGenerator
 from xecmae.train.finetune import half_width_68
 

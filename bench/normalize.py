@@ -20,8 +20,8 @@ import torch
 
 from dataloader import fake_chunks  # bench/, beside this script
 from xecmae.data.fastnorm import BLOCK_EVENTS, Scratch, normalize_into
-from xecmae.geometry import N_SENSORS
-from xecmae.normalize import Normalizer
+from xecmae.detector.geometry import N_SENSORS
+from xecmae.detector.normalize import Normalizer
 
 
 def raw_events(n: int) -> tuple[np.ndarray, np.ndarray]:

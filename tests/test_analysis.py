@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from xecmae import geometry as geo
 from xecmae.analysis.analyze import analyze, face_table
 from xecmae.analysis.predictions import PredictionWriter
 from xecmae.cli import main as cli_main
+from xecmae.detector import geometry as geo
+from xecmae.detector.normalize import Normalizer
 from xecmae.models.masking import random_masking
-from xecmae.normalize import Normalizer
 
 FACES = geo.face_of_sensor()
 NPHO_ERROR = np.array([0.10, -0.20, 0.05, 0.30, -0.10, 0.15])  # relative, per face, on hidden sensors

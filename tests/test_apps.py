@@ -14,7 +14,7 @@ from xecmae.apps.validate import fiducial, validate_regressor
 from xecmae.cli import main
 from xecmae.config import ConfigError, FiducialConfig, InpainterConfig, RegressorConfig, load_config, validate
 from xecmae.data.rootio import write_tree
-from xecmae.geometry import uvw_to_xyz
+from xecmae.detector.geometry import uvw_to_xyz
 from xecmae.models import build_mae
 from xecmae.models.regressor import TASK_TARGETS, build_regressor
 from xecmae.train.architecture import adopt_architecture, inferred_architecture

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from xecmae import geometry as geo
 from xecmae.analysis import baselines as bl
-from xecmae.neighbours import apply_weights
+from xecmae.detector import geometry as geo
+from xecmae.detector.neighbours import apply_weights
 from xecmae.simulate import OPTICAL_SPEED, expected_photons
 
 FACES = geo.face_of_sensor()

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from xecmae import geometry as geo
 from xecmae.analysis.calibration import ClassicalCalibration, fit_calibration, robust_lstsq
 from xecmae.analysis.classical import bright_time, classical_features
+from xecmae.detector import geometry as geo
 from xecmae.detector.light import OPTICAL_SPEED
+from xecmae.detector.normalize import DEAD_VALUE
 from xecmae.errors import UserError
-from xecmae.normalize import DEAD_VALUE
 from xecmae.simulate import EventGenerator, expected_photons
 from xecmae.train.resolution import resolution_metrics
 

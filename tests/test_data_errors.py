@@ -17,9 +17,9 @@ from test_data_stream import fake_events, write_events
 from xecmae.cli import main
 from xecmae.data.rootio import DataError, write_tree
 from xecmae.data.stream import XECStream
+from xecmae.detector.geometry import N_SENSORS
+from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError
-from xecmae.geometry import N_SENSORS
-from xecmae.normalize import Normalizer
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import uproot
 from xecmae.data.fastnorm import BLOCK_EVENTS, Scratch, count_bad, normalize_into
 from xecmae.data.rootio import ReadBuffers, read_range, write_tree
 from xecmae.data.shared import SharedBuffers, mapped_inodes, shared_empty, storage_inode
-from xecmae.geometry import N_SENSORS
-from xecmae.normalize import NPHO_SCHEMES, Normalizer
+from xecmae.detector.geometry import N_SENSORS
+from xecmae.detector.normalize import NPHO_SCHEMES, Normalizer
 
 
 def raw_events(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -27,8 +27,8 @@ from xecmae.data.stream import (
     steps_per_epoch,
     worker_batches,
 )
-from xecmae.geometry import N_SENSORS
-from xecmae.normalize import Normalizer
+from xecmae.detector.geometry import N_SENSORS
+from xecmae.detector.normalize import Normalizer
 from xecmae.runtime import map_large_blocks
 
 SIZES = (130, 70, 211)  # uneven files: 411 events

@@ -13,9 +13,9 @@ from xecmae.cli import main
 from xecmae.config import InpainterConfig, validate
 from xecmae.data.deadchannels import apply_dead_channels, dead_channels, parse_dead_channels
 from xecmae.data.rootio import write_tree
+from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError
 from xecmae.models import build_mae
-from xecmae.normalize import Normalizer
 from xecmae.simulate import clustered_dead_mask, parse_sim_url, random_dead_mask
 from xecmae.train.checkpoint import save_checkpoint
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from xecmae import geometry as geo
 from xecmae import simulate as sim
 from xecmae.analysis.baselines import fit_point_source, single_thread
 from xecmae.cli import main as cli_main
+from xecmae.detector import geometry as geo
 from xecmae.detector.light import expected_photons, make_optics, mppc_fresnel_factor, solid_angle_fraction
 from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import face_dead_counts

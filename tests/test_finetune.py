@@ -9,8 +9,8 @@ from conftest import tiny_config
 from xecmae.analysis.plots import plot_regression
 from xecmae.apps.fill import fill_dead_channels
 from xecmae.config import ConfigError, InpainterConfig, RegressorConfig, validate
+from xecmae.detector.geometry import uvw_to_xyz
 from xecmae.errors import UserError
-from xecmae.geometry import uvw_to_xyz
 from xecmae.models import build_mae
 from xecmae.models.regressor import build_regressor
 from xecmae.train.checkpoint import load_checkpoint, save_checkpoint

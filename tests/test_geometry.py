@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from xecmae import geometry as geo
+from xecmae.detector import geometry as geo
 
 
 def test_positions_match_reference_to_a_tenth_of_a_millimetre(reference_positions):

@@ -10,10 +10,10 @@ import uproot
 from xecmae.analysis import baselines as bl
 from xecmae.apps.fill import fill_dead_channels
 from xecmae.config import InpainterConfig, validate
+from xecmae.detector.normalize import Normalizer
 from xecmae.models import build_mae
 from xecmae.models.masking import hide
 from xecmae.models.priors import classical_prior
-from xecmae.normalize import Normalizer
 from xecmae.simulate import EventGenerator
 from xecmae.train.checkpoint import load_checkpoint, save_checkpoint
 from xecmae.train.losses import LossSettings, mae_loss

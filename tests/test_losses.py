@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from xecmae import geometry as geo
-from xecmae.normalize import Normalizer
+from xecmae.detector import geometry as geo
+from xecmae.detector.normalize import Normalizer
 from xecmae.train.losses import LossSettings, intensity_weights, mae_loss
 from xecmae.train.metrics import MetricSums
 

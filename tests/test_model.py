@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from xecmae import geometry as geo
 from xecmae.config import validate
+from xecmae.detector import geometry as geo
+from xecmae.detector.normalize import Normalizer
 from xecmae.models import XEC_MAE, XECEncoder, build_mae
 from xecmae.models.blocks import GRN, DepthwiseConv2d, HexGraphConv, _GRNFunction, grn_reference
 from xecmae.models.faces import FaceMapper
 from xecmae.models.masking import hide, random_masking
-from xecmae.normalize import Normalizer
 from xecmae.train.losses import LossSettings, mae_loss
 
 NORM = Normalizer()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from xecmae.normalize import NPHO_SCHEMES, Normalizer
+from xecmae.detector.normalize import NPHO_SCHEMES, Normalizer
 
 
 @pytest.mark.parametrize("scheme", NPHO_SCHEMES)

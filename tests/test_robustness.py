@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from xecmae import geometry as geo
 from xecmae.apps.robustness import dead_map_bank, parse_fractions
 from xecmae.cli import main
 from xecmae.config import InpainterConfig, RegressorConfig, validate
+from xecmae.detector import geometry as geo
+from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError
 from xecmae.models import build_mae
 from xecmae.models.regressor import build_regressor
-from xecmae.normalize import Normalizer
 from xecmae.simulate import clustered_dead_mask
 from xecmae.train.checkpoint import load_checkpoint, save_checkpoint
 from xecmae.train.deadtraining import DeadChannelObjective, draw_dead_channels, hide_channels

@@ -7,10 +7,10 @@ import pytest
 import torch
 import uproot
 
-from xecmae import geometry as geo
 from xecmae import simulate as sim
 from xecmae.cli import main as cli_main
 from xecmae.data.deadchannels import read_id_file
+from xecmae.detector import geometry as geo
 from xecmae.errors import UserError
 
 N_EVENTS = 384

@@ -18,10 +18,10 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from xecmae.detector.geometry import outer_grid_shape
+from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError
-from xecmae.geometry import outer_grid_shape
 from xecmae.models.priors import PRIOR_FIT_ITERATIONS
-from xecmae.normalize import Normalizer
 from xecmae.sizes import MODEL_SIZES, size_conflicts
 
 Channel = Literal["npho", "time"]

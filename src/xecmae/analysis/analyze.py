@@ -31,9 +31,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 
-from xecmae import geometry as geo
 from xecmae.analysis import baselines as bl
 from xecmae.data.predictions import METADATA, TREE, normalizer_from_metadata, read_metadata
+from xecmae.detector import geometry as geo
 from xecmae.errors import UserError
 
 log = logging.getLogger(__name__)

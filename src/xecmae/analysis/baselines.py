@@ -55,6 +55,10 @@ from contextlib import contextmanager
 import torch
 
 from xecmae.detector.light import OPTICAL_SPEED, solid_angle_fraction
+from xecmae.detector.neighbours import NEIGHBOUR_POWER, NEIGHBOUR_RADIUS
+from xecmae.detector.neighbours import neighbour_average as shared_average
+from xecmae.detector.neighbours import neighbour_weights as shared_weights
+from xecmae.detector.neighbours import solid_angle_average as shared_solid_angle_average
 from xecmae.detector.pointsource import (  # noqa: F401 (the baselines' public names)
     FIT_BLOCK,
     FIT_ITERATIONS,
@@ -66,10 +70,6 @@ from xecmae.detector.pointsource import (  # noqa: F401 (the baselines' public n
     light_centroid,
     source_distance,
 )
-from xecmae.neighbours import NEIGHBOUR_POWER, NEIGHBOUR_RADIUS
-from xecmae.neighbours import neighbour_average as shared_average
-from xecmae.neighbours import neighbour_weights as shared_weights
-from xecmae.neighbours import solid_angle_average as shared_solid_angle_average
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _mask(a) -> torch.Tensor:
 
 # --- geometry tables -----------------------------------------------------------------------------
 def neighbour_weights(radius: float = NEIGHBOUR_RADIUS, power: float = NEIGHBOUR_POWER) -> torch.Tensor:
-    """(4760, 4760) sparse CSR of the neighbour weights (see :mod:`xecmae.neighbours`), float64."""
+    """(4760, 4760) sparse CSR of the neighbour weights (see :mod:`xecmae.detector.neighbours`), float64."""
     return shared_weights(radius, power, DTYPE)
 
 

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from xecmae.analysis.baselines import fit_point_source, single_thread, source_distance
+from xecmae.detector.geometry import xyz_to_uvw
 from xecmae.detector.light import OPTICAL_SPEED, solid_angle_fraction
-from xecmae.geometry import xyz_to_uvw
-from xecmae.normalize import Normalizer
+from xecmae.detector.normalize import Normalizer
 from xecmae.simulate.kinematics import C_LIGHT
 
 TIME_NPHO_MIN = 500.0  # photons: about 60 photoelectrons on an MPPC, so jitter and first-photon delay < 0.2 ns
@@ -105,7 +105,7 @@ def classical_features(npho: np.ndarray, time_s: np.ndarray, normalizer: Normali
     """(N, 4760) raw npho (photons) and relative_time (seconds) -> :class:`ClassicalFeatures`.
 
     Validity (dead channels, the time threshold) is the ``normalizer``'s, the model's own rule
-    (the default :class:`~xecmae.normalize.Normalizer` when None).
+    (the default :class:`~xecmae.detector.normalize.Normalizer` when None).
     """
     normalizer = normalizer or Normalizer()
     valid_npho, valid_time = normalizer.validity(np.asarray(npho), np.asarray(time_s))

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import LogNorm, Normalize
 
-from xecmae import geometry as geo
+from xecmae.detector import geometry as geo
 
 DEAD_COLOUR = "0.75"
 DEAD_EDGE = "0.2"  # dead sensors are also crossed, so they differ from dim ones

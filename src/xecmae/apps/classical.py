@@ -24,7 +24,7 @@ import numpy as np
 from xecmae.analysis.calibration import ClassicalCalibration, fit_calibration
 from xecmae.analysis.classical import ClassicalFeatures, classical_features
 from xecmae.apps.events import EventSource
-from xecmae.normalize import Normalizer
+from xecmae.detector.normalize import Normalizer
 
 log = logging.getLogger(__name__)
 

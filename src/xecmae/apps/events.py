@@ -19,8 +19,8 @@ import numpy as np
 from xecmae.data.deadchannels import DeadChannels, apply_dead_channels
 from xecmae.data.rootio import ID_BRANCHES, TRUTH_SHAPES, DataError, check_branches, get_tree, open_file, read_range
 from xecmae.data.sources import is_sim, resolve_inputs
+from xecmae.detector.geometry import N_SENSORS
 from xecmae.errors import UserError
-from xecmae.geometry import N_SENSORS
 
 log = logging.getLogger(__name__)
 

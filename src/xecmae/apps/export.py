@@ -30,8 +30,8 @@ from xecmae.apps.graphs import INPUT_NAMES, INPUT_UNITS, make_graph, output_name
 from xecmae.apps.predict import check_output
 from xecmae.apps.trained import load_trained
 from xecmae.data.atomic import atomic_path
+from xecmae.detector.geometry import N_SENSORS
 from xecmae.errors import UserError
-from xecmae.geometry import N_SENSORS
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ every other channel is copied bit for bit. A dim sensor's time (npho below the t
 is real data and stays as it is.
 
 - :func:`neighbour_fill`: npho and time of a dead channel from its valid neighbours on the same
-  face (:func:`xecmae.neighbours.neighbour_average`, weights 1/d^2 within 20 cm; the face's mean,
+  face (:func:`xecmae.detector.neighbours.neighbour_average`, weights 1/d^2 within 20 cm; the face's mean,
   then the event's, where there are none). The time is averaged over neighbours with a valid time.
 - :func:`inpainter_fill`: the prediction of an inpainter (or MAE) checkpoint
   (:func:`xecmae.apps.fill.fill_chunk`).
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from xecmae.analysis.baselines import single_thread
-from xecmae.neighbours import neighbour_average
-from xecmae.normalize import Normalizer
+from xecmae.detector.neighbours import neighbour_average
+from xecmae.detector.normalize import Normalizer
 
 
 def neighbour_fill(npho: np.ndarray, time: np.ndarray, normalizer: Normalizer

@@ -26,9 +26,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from xecmae.geometry import FACE_NAMES
+from xecmae.detector.geometry import FACE_NAMES
+from xecmae.detector.neighbours import dense_weights, neighbour_weights
 from xecmae.models.regressor import LOG_VAR, TASK_TARGETS
-from xecmae.neighbours import dense_weights, neighbour_weights
 
 INPUT_NAMES = ("npho", "relative_time")
 INPUT_UNITS = {"npho": "photons, float32 (batch, 4760), sensor id = index; dead channel 1e10",

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from xecmae.geometry import uvw_to_xyz
+from xecmae.detector.geometry import uvw_to_xyz
 from xecmae.models.regressor import LOG_VAR, TASK_TARGETS
 
 SIGMA = "_sigma"  # key suffix of a task's per-event uncertainty in :func:`regress`'s output

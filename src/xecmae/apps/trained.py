@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from xecmae.config import SCHEMAS, RunConfig, validate
+from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError
-from xecmae.normalize import Normalizer
 from xecmae.train.checkpoint import load_checkpoint
 from xecmae.train.initialize import checkpoint_kind, load_weights, preferred_weights
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xecmae.geometry import FACE_NAMES
+from xecmae.detector.geometry import FACE_NAMES
 
 MODES = ("masked", "visible", "all")
 

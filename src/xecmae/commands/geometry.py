@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xecmae.geometry import summary
+    from xecmae.detector.geometry import summary
 
     print(summary())
     if args.out:

@@ -67,7 +67,7 @@ def describe_file(path: str, tree_name: str, branches: tuple[str, str], chunksiz
     from xecmae.data.fastnorm import count_bad
     from xecmae.data.rootio import check_branches, get_tree, open_file, read_range
     from xecmae.data.stream import EVENT_BYTES, READ_STEP_BYTES
-    from xecmae.geometry import FACE_NAMES, N_SENSORS, face_of_sensor
+    from xecmae.detector.geometry import FACE_NAMES, N_SENSORS, face_of_sensor
 
     with open_file(path) as file:
         tree = get_tree(file, path, tree_name)

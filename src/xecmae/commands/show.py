@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_event(path: str, tree: str, entry: int, branches: tuple[str, ...]) -> dict[str, np.ndarray]:
     """One entry of ``branches`` (missing truth branches are skipped) as numpy values."""
     from xecmae.data.rootio import check_branches, get_tree, open_file
+    from xecmae.detector.geometry import N_SENSORS
     from xecmae.errors import UserError
-    from xecmae.geometry import N_SENSORS
 
     with open_file(str(path)) as handle:
         ttree = get_tree(handle, str(path), tree)
@@ -42,8 +42,8 @@ def read_event(path: str, tree: str, entry: int, branches: tuple[str, ...]) -> d
 
 def run(args: argparse.Namespace) -> int:
     from xecmae.analysis.display import event_figure, linear_norm, npho_norm
+    from xecmae.detector.normalize import Normalizer
     from xecmae.errors import UserError
-    from xecmae.normalize import Normalizer
 
     event = read_event(args.file, args.tree, args.event, (args.npho_branch, args.time_branch, *TRUTH_BRANCHES))
     npho = event[args.npho_branch].astype(np.float64)

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from xecmae.data.deadmap import DeadChannels, listed, table_from_pairs
+from xecmae.detector.normalize import DEAD_VALUE
 from xecmae.errors import UserError
-from xecmae.normalize import DEAD_VALUE
 from xecmae.simulate.deadmaps import dead_mask_from_ids
 
 GENERATED = re.compile(r"^(clustered|random):([^:]*)(?::([^:]*))?$")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xecmae import geometry as geo
+from xecmae.detector import geometry as geo
 from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import clustered_dead_mask, dead_mask_from_ids, random_dead_mask
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
-from xecmae import geometry as geo
 from xecmae.data.deadmap import DeadChannels, table_from_pairs
+from xecmae.detector import geometry as geo
 from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import dead_mask_from_ids
 

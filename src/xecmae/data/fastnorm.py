@@ -1,6 +1,6 @@
 """Normalization of raw event blocks straight into interleaved batch buffers, at memory speed.
 
-The values are exactly those of :class:`xecmae.normalize.Normalizer` (same float32 operations
+The values are exactly those of :class:`xecmae.detector.normalize.Normalizer` (same float32 operations
 in the same order); only the way they are computed differs, because this runs for every event
 of every epoch:
 
@@ -22,8 +22,8 @@ import threading
 import numpy as np
 import torch
 
-from xecmae.geometry import N_SENSORS
-from xecmae.normalize import INVALID_ABOVE, Normalizer
+from xecmae.detector.geometry import N_SENSORS
+from xecmae.detector.normalize import INVALID_ABOVE, Normalizer
 
 BLOCK_EVENTS = 32
 """Events per block: the handful of scratch arrays of one block stay in a core's L2 cache."""

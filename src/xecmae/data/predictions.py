@@ -17,8 +17,8 @@ import numpy as np
 import uproot
 
 from xecmae.data.rootio import TreeWriter
-from xecmae.geometry import N_SENSORS
-from xecmae.normalize import Normalizer
+from xecmae.detector.geometry import N_SENSORS
+from xecmae.detector.normalize import Normalizer
 
 TREE = "tree"
 METADATA = "metadata"

@@ -23,8 +23,8 @@ import uproot
 from xecmae.data.atomic import Partial
 from xecmae.data.readbuffers import ReadBuffers
 from xecmae.data.sources import REMOTE_SCHEMES
+from xecmae.detector.geometry import N_SENSORS
 from xecmae.errors import UserError
-from xecmae.geometry import N_SENSORS
 
 log = logging.getLogger(__name__)
 

@@ -51,9 +51,9 @@ from xecmae.data.fastnorm import BLOCK_EVENTS, count_bad, normalize_into
 from xecmae.data.rootio import ID_BRANCHES, TRUTH_SHAPES, DataError, ReadBuffers, expected_shapes, read_range, scan
 from xecmae.data.shared import Allocator, SharedBuffers, fresh, fresh_shared
 from xecmae.data.sources import is_sim, resolve_inputs
+from xecmae.detector.geometry import N_SENSORS
+from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError
-from xecmae.geometry import N_SENSORS
-from xecmae.normalize import Normalizer
 from xecmae.runtime import map_large_blocks
 
 log = logging.getLogger(__name__)

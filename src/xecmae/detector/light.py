@@ -29,7 +29,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from xecmae import geometry as geo
+from xecmae.detector import geometry as geo
 
 # --- the volume and the light (cm, ns, MeV) -------------------------------------------------------
 OPTICAL_SPEED = 18.62  # cm/ns, c / 1.61 in liquid xenon

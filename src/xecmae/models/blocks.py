@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xecmae.geometry import HEX_EDGE_TYPES, hex_graph
+from xecmae.detector.geometry import HEX_EDGE_TYPES, hex_graph
 
 
 def _stat_dtype(x: torch.Tensor) -> torch.dtype:

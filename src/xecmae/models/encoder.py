@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xecmae.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
+from xecmae.detector.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
+from xecmae.detector.normalize import Normalizer
 from xecmae.models.blocks import ChannelsFirstLayerNorm, ConvNeXtBlock, HexNeXtBlock
 from xecmae.models.faces import INPUT_CHANNELS, FaceMapper
-from xecmae.normalize import Normalizer
 
 HEX_DIM = 96
 TOKEN_GRID = 4  # every grid face is pooled to 4 x 4 before flattening

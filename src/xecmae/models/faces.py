@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xecmae import geometry as geo
-from xecmae.normalize import Normalizer
+from xecmae.detector import geometry as geo
+from xecmae.detector.normalize import Normalizer
 
 INPUT_CHANNELS = 4  # npho, time, npho missing, time missing
 

@@ -8,7 +8,7 @@ every position of every face (keys carry a positional embedding of the cell's po
 and over the six fused tokens, which every task's MLP also reads directly (an attention average
 alone forgets the amount of light, i.e. the energy); for ``position`` a soft-argmax on the inner face's map gives
 (u, v) as an expectation over the inner cells' (u, v) in cm, to which the network adds a learned
-correction (and w). Every geometric table is built once from :mod:`xecmae.geometry`.
+correction (and w). Every geometric table is built once from :mod:`xecmae.detector.geometry`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xecmae import geometry as geo
-from xecmae.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
+from xecmae.detector import geometry as geo
+from xecmae.detector.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
+from xecmae.detector.normalize import Normalizer
 from xecmae.models.encoder import HEX_DIM
 from xecmae.models.faces import outer_pool
-from xecmae.normalize import Normalizer
 
 LOG_VAR_RANGE = (-14.0, 6.0)
 """Bounds of a predicted log-variance in scaled target units (sigma from 1e-3 to 20 target scales)."""

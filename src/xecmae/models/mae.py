@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xecmae.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
+from xecmae.detector.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
+from xecmae.detector.normalize import Normalizer
 from xecmae.models.decoders import FaceDecoder, GraphFaceDecoder, GridRefiner, HexRefiner
 from xecmae.models.encoder import EncoderModel, XECEncoder
 from xecmae.models.faces import INPUT_CHANNELS
 from xecmae.models.masking import hide, random_masking
 from xecmae.models.priors import PRIOR_FIT_ITERATIONS, PRIORS, classical_prior
-from xecmae.normalize import Normalizer
 
 
 @dataclass

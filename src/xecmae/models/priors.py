@@ -4,7 +4,7 @@ The inpainter (``model.refine``) predicts ``prior + correction`` in normalized s
 refiners see the prior as an input channel, so an untrained inpainter is exactly the prior.
 Two priors (``model.prior``):
 
-- ``neighbour``: the neighbour average of :mod:`xecmae.neighbours` (npho averaged in photons,
+- ``neighbour``: the neighbour average of :mod:`xecmae.detector.neighbours` (npho averaged in photons,
   time in normalized units). Cheap: one sparse product per channel.
 - ``solid_angle``: the solid-angle weighted neighbour average around a point light source
   fitted to the visible sensors (``model.prior_fit_iterations`` Levenberg-Marquardt steps from
@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 
 from xecmae.detector.light import OPTICAL_SPEED, solid_angle_fraction
+from xecmae.detector.neighbours import neighbour_average, solid_angle_average
+from xecmae.detector.normalize import Normalizer
 from xecmae.detector.pointsource import FIT_BLOCK, fit_point_source, source_distance
-from xecmae.neighbours import neighbour_average, solid_angle_average
-from xecmae.normalize import Normalizer
 
 PRIORS = ("neighbour", "solid_angle")
 PRIOR_FIT_ITERATIONS = 3

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xecmae.geometry import FACE_NAMES
+from xecmae.detector.geometry import FACE_NAMES
+from xecmae.detector.normalize import Normalizer
 from xecmae.models.encoder import EncoderModel, XECEncoder
 from xecmae.models.heads import CLASSICAL_FEATURES, CentroidEstimate, MapHeads, bounded_log_var
 from xecmae.models.precision import in_fp32
-from xecmae.normalize import Normalizer
 
 
 @dataclass(frozen=True)

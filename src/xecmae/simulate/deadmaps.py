@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xecmae import geometry as geo
+from xecmae.detector import geometry as geo
 from xecmae.errors import UserError
 
 # dead-channel rates per face at dead_fraction = 0.01 (inner, us, ds, outer, top, bottom)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from xecmae import geometry as geo
+from xecmae.detector import geometry as geo
 from xecmae.detector.light import FRAME_ORIGIN, PHOTONS_PER_MEV, deposit_light, make_optics
 from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import clustered_dead_mask, dead_mask_from_ids, random_dead_mask

@@ -26,8 +26,8 @@ from functools import cache
 import numpy as np
 import torch
 
-from xecmae import geometry as geo
-from xecmae.normalize import DEAD_VALUE
+from xecmae.detector import geometry as geo
+from xecmae.detector.normalize import DEAD_VALUE
 from xecmae.simulate.poisson import flat_nonzero, sample_poisson
 
 PDE_MPPC, PDE_PMT = 0.12, 0.16

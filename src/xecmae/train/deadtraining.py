@@ -24,7 +24,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from xecmae import geometry as geo
+from xecmae.detector import geometry as geo
 from xecmae.simulate.deadmaps import face_dead_counts
 from xecmae.simulate.spec import DetectorSpec
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from xecmae.geometry import FACE_NAMES
-from xecmae.neighbours import face_onehot
-from xecmae.normalize import Normalizer
+from xecmae.detector.geometry import FACE_NAMES
+from xecmae.detector.neighbours import face_onehot
+from xecmae.detector.normalize import Normalizer
 
 Stats = dict[str, tuple[torch.Tensor, torch.Tensor]]
 

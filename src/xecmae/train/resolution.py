@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from xecmae.geometry import uvw_to_xyz
+from xecmae.detector.geometry import uvw_to_xyz
 
 COMPONENTS: dict[str, tuple[str, ...]] = {"position": ("u", "v", "w"), "energy": ("rel",), "timing": ("t",),
                                           "angle": ("theta", "phi")}

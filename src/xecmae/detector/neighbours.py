@@ -15,7 +15,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from xecmae import geometry as geo
+from xecmae.detector import geometry as geo
 
 log = logging.getLogger(__name__)
 
