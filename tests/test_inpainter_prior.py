@@ -24,8 +24,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 @pytest.fixture(scope="module")
 def events():
-    """Six realistic events (dead channels included) and a seeded 5% mask of their valid sensors."""
-    ev = EventGenerator(seed=5, detector="realistic", dead_fraction=0.02).generate(6)
+    """Four realistic events (dead channels included) and a seeded 5% mask of their valid sensors."""
+    ev = EventGenerator(seed=5, detector="realistic", dead_fraction=0.02).generate(4)
     x, valid = NORM(torch.from_numpy(ev["npho"]), torch.from_numpy(ev["relative_time"]))
     hidden = (torch.rand(valid.shape[:2], generator=torch.Generator().manual_seed(1)) < 0.05) & valid[..., 0]
     return ev, x, valid, hidden
@@ -70,14 +70,14 @@ def test_the_prior_knows_where_the_light_comes_from(events):
     assert errors["solid_angle"] < 0.97 * errors["neighbour"], errors
 
 
-@pytest.mark.parametrize("channels", [["npho", "time"], ["npho"]])
-def test_shapes_gradients_and_the_untrained_inpainter_is_its_prior(events, channels):
+def test_shapes_gradients_and_the_untrained_inpainter_is_its_prior(events):
     _, x, valid, hidden = events
-    _, model = inpainter(predict_channels=channels)
+    x, valid, hidden = x[:2], valid[:2], hidden[:2]
+    _, model = inpainter()
     out = model(x, valid, hidden=hidden)
-    assert out.pred.shape == (6, 4760, len(channels)) and torch.isfinite(out.pred).all()
+    assert out.pred.shape == (2, 4760, 2) and torch.isfinite(out.pred).all()
     x_in, valid_in = hide(x, valid, hidden, NORM.sentinel_npho, NORM.sentinel_time)
-    prior = classical_prior(x_in, valid_in, NORM, "solid_angle", len(channels))
+    prior = classical_prior(x_in, valid_in, NORM, "solid_angle", 2)
     torch.testing.assert_close(out.pred, prior, rtol=0, atol=0)  # zero-initialised corrections
     for refiner in model.refiners.values():  # move the output layers off zero so every layer sees a gradient
         torch.nn.init.normal_(refiner.out.weight, std=0.01)
@@ -93,6 +93,7 @@ def test_shapes_gradients_and_the_untrained_inpainter_is_its_prior(events, chann
 def test_the_residual_target_round_trips(events):
     """pred - prior is exactly the refiners' correction, sensor by sensor (the residual in normalized space)."""
     _, x, valid, hidden = events
+    x, valid, hidden = x[:2], valid[:2], hidden[:2]
     _, model = inpainter()
     with torch.no_grad():
         for refiner in model.refiners.values():
@@ -114,13 +115,17 @@ def test_the_prior_option_is_checked_and_travels_with_the_config():
     assert build_mae(validate(cfg.model_dump(mode="json"), InpainterConfig)).prior == "solid_angle"
 
 
-def test_filling_with_the_solid_angle_prior_keeps_healthy_channels_bit_for_bit(sim_data, tmp_path):
+def test_filling_with_the_solid_angle_prior_keeps_healthy_channels_bit_for_bit(tmp_path):
+    from xecmae.simulate import write_root
+
+    source = tmp_path / "run.root"
+    write_root(source, 12, EventGenerator(seed=8, detector="realistic", dead_fraction=0.02), progress=False)
     cfg, model = inpainter()
     save_checkpoint({"kind": "inpainter", "model_state_dict": model.state_dict(), "ema_state_dict": None,
                      "config": cfg.model_dump(mode="json")}, tmp_path / "inpainter.pth")
     out = tmp_path / "filled.root"
-    fill_dead_channels(tmp_path / "inpainter.pth", sim_data["val"], out, chunk_events=32, batch_size=16)
-    with uproot.open(sim_data["val"]) as f:
+    fill_dead_channels(tmp_path / "inpainter.pth", source, out, chunk_events=8, batch_size=4)
+    with uproot.open(source) as f:
         before = f["tree"].arrays(library="np")
     with uproot.open(out) as f:
         after = f["tree"].arrays(library="np")
@@ -136,16 +141,16 @@ def test_filling_with_the_solid_angle_prior_keeps_healthy_channels_bit_for_bit(s
 def test_a_tiny_inpainter_trains_with_the_solid_angle_prior(sim_data, tmp_path):
     from xecmae.train.inpaint import inpaint
 
-    raw = {"data": {"train_path": sim_data["train"], "val_path": sim_data["val"], "batch_size": 32,
-                    "chunksize": 64, "num_workers": 0, "shuffle_buffer": 64},
+    raw = {"data": {"train_path": sim_data["train"], "val_path": sim_data["val"], "batch_size": 16,
+                    "chunksize": 64, "num_workers": 0, "shuffle_buffer": 64, "val_max_events": 16},
            "model": {"size": "tiny", "prior": "solid_angle", "prior_fit_iterations": 2},
-           "training": {"epochs": 1, "max_steps": 3, "lr": 1e-3, "warmup_epochs": 0, "seed": 2},
+           "training": {"epochs": 1, "max_steps": 2, "lr": 1e-3, "warmup_epochs": 0, "seed": 2},
            "checkpoint": {"save_dir": str(tmp_path), "run_name": "inp", "save_predictions": False,
                           "save_every_steps": 0}, "mlflow": {"enabled": False}}
     run = inpaint(validate(raw, InpainterConfig))
     ckpt = load_checkpoint(run / "inpainter_checkpoint_last.pth")
     assert ckpt["kind"] == "inpainter" and ckpt["config"]["model"]["prior"] == "solid_angle"
-    assert ckpt["step"] == 3
+    assert ckpt["step"] == 2
     moved = [k for k, v in ckpt["model_state_dict"].items() if k.startswith("refiners.") and k.endswith("out.weight")
              and v.abs().sum() > 0]
     assert moved  # the corrections left zero: the prior's residual was learned from

@@ -44,14 +44,24 @@ def _mask(a) -> torch.Tensor:
 
 
 def into_xenon(points: torch.Tensor, margin: float = FIT_MARGIN) -> torch.Tensor:
-    """(B, 3) cm -> the nearest point (in r, phi, z) at least ``margin`` cm inside the xenon volume."""
+    """(B, 3) cm -> the nearest point (in r, phi, z) at least ``margin`` cm inside the xenon volume.
+
+    ``phi = atan2(y, -x)`` is clamped through its cosine and sine (no inverse trigonometry, which
+    an exported graph's runtime may lack in float64).
+    """
     x, y, z = points.unbind(-1)
-    r = torch.sqrt(x * x + y * y).clamp(XENON_INNER_RADIUS + margin, XENON_OUTER_RADIUS - margin)  # no hypot in ONNX
+    radius = torch.sqrt(x * x + y * y)  # no hypot in ONNX
+    r = radius.clamp(XENON_INNER_RADIUS + margin, XENON_OUTER_RADIUS - margin)
     phi_max = math.radians(XENON_PHI) - margin / XENON_INNER_RADIUS
-    phi = torch.atan2(y, -x).clamp(-phi_max, phi_max)
+    on_axis = radius > 0
+    cos = torch.where(on_axis, -x / torch.where(on_axis, radius, 1.0), 1.0)  # cos(phi); phi = 0 on the axis
+    sin = torch.where(on_axis, y / torch.where(on_axis, radius, 1.0), 0.0)
+    outside = cos < math.cos(phi_max)  # |phi| > phi_max
+    cos = torch.where(outside, math.cos(phi_max), cos)
+    sin = torch.where(outside, torch.where(y >= 0, 1.0, -1.0) * math.sin(phi_max), sin)
     z_max = XENON_HALF_Z + XENON_Z_SLOPE * (r - XENON_INNER_RADIUS) - margin
     z = torch.maximum(torch.minimum(z, z_max), -z_max)
-    return torch.stack([-r * torch.cos(phi), r * torch.sin(phi), z], -1)
+    return torch.stack([-r * cos, r * sin, z], -1)
 
 
 def source_distance(source) -> torch.Tensor:
