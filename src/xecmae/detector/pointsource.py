@@ -119,9 +119,11 @@ def fit_point_source(npho, known, iterations: int = FIT_ITERATIONS, noise: float
     known = _mask(known)
     y = torch.where(known, _tensor(npho), 0.0)
     s = into_xenon(light_centroid(y, known) if start is None else _tensor(start).to(y.device))
-    step = len(y) if block is None or torch.compiler.is_exporting() else block  # a graph has one block
-    parts = [_fit_block(y[k:k + step], known[k:k + step], s[k:k + step], iterations, noise, fresnel, settle)
-             for k in range(0, len(y), max(step, 1))]
+    if block is None or torch.compiler.is_exporting():  # one block (a graph keeps its batch size free)
+        parts = [_fit_block(y, known, s, iterations, noise, fresnel, settle)]
+    else:
+        parts = [_fit_block(y[k:k + block], known[k:k + block], s[k:k + block], iterations, noise, fresnel, settle)
+                 for k in range(0, len(y), block)]
     if not parts:
         empty = torch.zeros(0, dtype=DTYPE, device=y.device)
         return PointSource(torch.zeros(0, 3, dtype=DTYPE, device=y.device), empty, empty,
