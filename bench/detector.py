@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from xecmae import geometry as geo
-from xecmae.analysis.baselines import fit_point_source, single_thread
+from xecmae.analysis.baselines import fit_point_source
+from xecmae.runtime import single_thread
 from xecmae.simulate import EventGenerator
 from xecmae.train.finetune import half_width_68
 

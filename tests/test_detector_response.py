@@ -10,10 +10,11 @@ import torch
 
 from xecmae import geometry as geo
 from xecmae import simulate as sim
-from xecmae.analysis.baselines import fit_point_source, single_thread
+from xecmae.analysis.baselines import fit_point_source
 from xecmae.cli import main as cli_main
 from xecmae.detector.light import expected_photons, make_optics, mppc_fresnel_factor, solid_angle_fraction
 from xecmae.errors import UserError
+from xecmae.runtime import single_thread
 from xecmae.simulate.deadmaps import face_dead_counts
 from xecmae.simulate.response import channel_calibration
 from xecmae.simulate.shower import realistic_shower

@@ -1,4 +1,4 @@
-"""Process settings that make PyTorch on the CPU fast: glibc's allocator.
+"""Process settings that make PyTorch on the CPU fast: glibc's allocator, and one thread for small tensors.
 
 The widest tensors of the network (tens of MB of CNN activations) are allocated afresh for every
 step. glibc hands such blocks out as new memory mappings, and touching them costs a page fault
@@ -56,6 +56,29 @@ def restart_with_huge_pages() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+
+
+# --- one intra-op thread -------------------------------------------------------------------------------
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block, then restore the caller's setting.
+
+    For the simulation's, the light model's and the baselines' arithmetic on tensors of a few
+    hundred thousand elements (e.g. 64 events x 4760 sensors): splitting them over threads gains
+    little and, on a busy machine, costs a lot (every operation waits for all threads). The other
+    cores are better used by the ROOT writer or by another data-loader worker.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --- large blocks from the heap while training on the CPU --------------------------------------------

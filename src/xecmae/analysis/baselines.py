@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +67,7 @@ from xecmae.detector.light import sensor_tables as _sensor_tables
 from xecmae.neighbours import NEIGHBOUR_POWER, NEIGHBOUR_RADIUS, local_ratio
 from xecmae.neighbours import neighbour_average as shared_average
 from xecmae.neighbours import neighbour_weights as shared_weights
+from xecmae.runtime import single_thread
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +78,6 @@ FIT_ITERATIONS = 30
 FIT_BLOCK = 16  # events fitted together
 FIT_MARGIN = 0.5  # cm kept between a fitted source and the walls of the xenon volume
 DTYPE = torch.float64
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block, then restore the caller's setting.
-
-    The baselines work on tensors of a few hundred thousand elements; intra-op threads gain
-    little there and, on a busy machine, cost a lot (every operation waits for all threads).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _tensor(a) -> torch.Tensor:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xecmae.analysis.baselines import single_thread
 from xecmae.neighbours import neighbour_average
 from xecmae.normalize import Normalizer
+from xecmae.runtime import single_thread
 
 
 def neighbour_fill(npho: np.ndarray, time: np.ndarray, normalizer: Normalizer
