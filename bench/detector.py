@@ -33,8 +33,9 @@ import time
 import numpy as np
 import torch
 
-from xecmae.analysis.baselines import fit_point_source, single_thread
+from xecmae.analysis.baselines import fit_point_source
 from xecmae.detector import geometry as geo
+from xecmae.detector.threads import single_thread
 from xecmae.simulate import EventGenerator
 from xecmae.train.finetune import half_width_68
 

@@ -15,8 +15,8 @@ import sys
 import torch
 
 from xecmae.config import load_config
-from xecmae.train import loop
-from xecmae.train import pretrain as engine
+from xecmae.train import loop, tracking
+from xecmae.train.pretrain import pretrain
 
 out, config_path = pathlib.Path(sys.argv[1]), sys.argv[2]
 rank = int(os.environ["RANK"])
@@ -26,7 +26,7 @@ signal_rank, signal_step = (int(v) for v in os.environ.get("XECMAE_PROBE_SIGNAL"
 real_step = loop.Trainer.train_step
 real_save = torch.save
 real_write_text = pathlib.Path.write_text
-real_writer_init = engine.Tracker.__init__
+real_writer_init = tracking.Tracker.__init__
 
 
 def train_step(self, batch):
@@ -61,8 +61,8 @@ def tracker_init(self, run_dir, tracking_uri, experiment, enabled):
 loop.Trainer.train_step = train_step
 torch.save = save
 pathlib.Path.write_text = write_text
-engine.Tracker.__init__ = tracker_init
+tracking.Tracker.__init__ = tracker_init
 
-engine.pretrain(load_config(config_path))
+pretrain(load_config(config_path))
 pathlib.Path.write_text = real_write_text
 (out / f"rank{rank}.json").write_text(json.dumps(record))

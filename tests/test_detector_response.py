@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from xecmae import simulate as sim
-from xecmae.analysis.baselines import fit_point_source, single_thread
+from xecmae.analysis.baselines import fit_point_source
 from xecmae.cli import main as cli_main
 from xecmae.detector import geometry as geo
 from xecmae.detector.light import expected_photons, make_optics, mppc_fresnel_factor, solid_angle_fraction
+from xecmae.detector.threads import single_thread
 from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import face_dead_counts
 from xecmae.simulate.response import channel_calibration

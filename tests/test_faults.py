@@ -29,7 +29,7 @@ from xecmae.cli import main as cli
 from xecmae.data.atomic import partial_name
 from xecmae.data.rootio import write_tree
 from xecmae.errors import UserError
-from xecmae.train import engine, loop
+from xecmae.train import loop, policy
 from xecmae.train.checkpoint import load_checkpoint
 from xecmae.train.pretrain import pretrain
 
@@ -362,14 +362,14 @@ class KilledBetweenWrites(BaseException):
 
 
 def test_fault10_best_is_written_before_last(small, tmp_path, monkeypatch):
-    real = engine.save_checkpoint
+    real = policy.save_checkpoint
 
     def killed_at_last(payload, path):
         if Path(path).name == LAST:
             raise KilledBetweenWrites
         return real(payload, path)
 
-    monkeypatch.setattr(engine, "save_checkpoint", killed_at_last)
+    monkeypatch.setattr(policy, "save_checkpoint", killed_at_last)
     with pytest.raises(KilledBetweenWrites):
         pretrain(config(small, tmp_path))
     best = load_checkpoint(tmp_path / "run" / BEST)

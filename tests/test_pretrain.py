@@ -14,6 +14,7 @@ import torch
 import uproot
 
 from conftest import tiny_config
+from xecmae.analysis.hooks import training_plots
 from xecmae.analysis.predictions import read_metadata
 from xecmae.train import objectives
 from xecmae.train.checkpoint import load_checkpoint
@@ -34,7 +35,7 @@ def weights(path) -> dict[str, torch.Tensor]:
 def test_a_run_writes_every_file_and_its_checkpoints_load_with_weights_only(sim_data, tmp_path):
     cfg = tiny_config(sim_data, tmp_path, training={"epochs": 3, "lr": 2e-3},
                       checkpoint={"save_interval": 2, "save_path": str(tmp_path / "mae_pretrained.pth")})
-    run = pretrain(cfg)
+    run = pretrain(cfg, hooks=training_plots())  # the plots are attached by the caller (the command line does)
     names = {p.name for p in run.iterdir()}
     assert {"mae_checkpoint_best.pth", "mae_checkpoint_last.pth", "mae_checkpoint_epoch_2.pth",
             "mae_encoder_epoch_2.pth", "mae_encoder_epoch_3.pth", "config.yaml", "loss_curves.png"} <= names
@@ -101,7 +102,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(sim_data, tmp_path):
 def test_every_specified_metric_reaches_mlflow(sim_data, tmp_path):
     cfg = tiny_config(sim_data, tmp_path, mlflow={"enabled": True, "experiment": "test"},
                       training={"epochs": 1, "track_metrics": True, "track_mae_rmse": True})
-    run = pretrain(cfg)
+    run = pretrain(cfg, hooks=training_plots())
     import mlflow
 
     client = mlflow.tracking.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
@@ -131,7 +132,7 @@ def test_prediction_file_has_the_documented_branches_and_metadata(sim_data, tmp_
     cfg = tiny_config(sim_data, tmp_path, training={"epochs": 1},
                       model={"predict_channels": channels},
                       checkpoint={"save_predictions": True, "predictions_max_events": 40})
-    run = pretrain(cfg)
+    run = pretrain(cfg, hooks=training_plots())
     path = run / "mae_predictions_epoch_1.root"
     with uproot.open(path) as f:
         tree = f["tree"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from xecmae.errors import UserError
@@ -42,8 +41,10 @@ def _usage() -> str:
 
 def setup_logging(verbose: bool = False) -> None:
     """INFO on rank 0 (or a single process), warnings only on the other ranks."""
+    from xecmae.train.distributed import context_from_env
+
     level = logging.DEBUG if verbose else logging.INFO
-    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) not in ("", "0"):
+    if context_from_env()[0] != 0:
         level = logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", force=True)
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib"):

@@ -49,8 +49,6 @@ matrix built once per (radius, power).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
@@ -70,27 +68,13 @@ from xecmae.detector.pointsource import (  # noqa: F401 (the baselines' public n
     light_centroid,
     source_distance,
 )
+from xecmae.detector.threads import single_thread
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("neighbour_avg", "solid_angle_avg", "point_source_fit")
 """Names of the baselines, in the order they are reported."""
 DTYPE = torch.float64
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block, then restore the caller's setting.
-
-    The baselines work on tensors of a few hundred thousand elements; intra-op threads gain
-    little there and, on a busy machine, cost a lot (every operation waits for all threads).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _tensor(a) -> torch.Tensor:

@@ -31,10 +31,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from xecmae.analysis.baselines import fit_point_source, single_thread, source_distance
+from xecmae.analysis.baselines import fit_point_source, source_distance
 from xecmae.detector.geometry import xyz_to_uvw
 from xecmae.detector.light import OPTICAL_SPEED, solid_angle_fraction
 from xecmae.detector.normalize import Normalizer
+from xecmae.detector.threads import single_thread
 from xecmae.simulate.kinematics import C_LIGHT
 
 TIME_NPHO_MIN = 500.0  # photons: about 60 photoelectrons on an MPPC, so jitter and first-photon delay < 0.2 ns

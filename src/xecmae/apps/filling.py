@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xecmae.analysis.baselines import single_thread
 from xecmae.detector.neighbours import neighbour_average
 from xecmae.detector.normalize import Normalizer
+from xecmae.detector.threads import single_thread
 
 
 def neighbour_fill(npho: np.ndarray, time: np.ndarray, normalizer: Normalizer

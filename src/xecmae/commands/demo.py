@@ -39,6 +39,7 @@ def demo_config(out: Path, train: str, val: str, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from xecmae.analysis.hooks import training_plots
     from xecmae.simulate import EventGenerator, write_root
     from xecmae.train.pretrain import pretrain
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     train = write_root(data / "train.root", args.train_events, EventGenerator(seed=args.seed), progress=False)[0]
     val = write_root(data / "val.root", args.val_events, EventGenerator(seed=args.seed + 1000), progress=False)[0]
     print(f"2/3 pre-training the tiny MAE for {args.epochs} epochs on the CPU (a few minutes)")
-    run_dir = pretrain(demo_config(out, str(train), str(val), args))
+    run_dir = pretrain(demo_config(out, str(train), str(val), args), hooks=training_plots())
     print(f"3/3 done in {(time.perf_counter() - started) / 60:.1f} min")
     from xecmae.train.checkpoint import load_checkpoint
 

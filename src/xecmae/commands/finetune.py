@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xecmae.analysis.hooks import training_plots
     from xecmae.analysis.plots import plot_regression
     from xecmae.train.finetune import finetune
 
-    return announce_run_directory(finetune(config_from_args(args, RegressorConfig), plot=plot_regression))
+    return announce_run_directory(finetune(config_from_args(args, RegressorConfig), plot=plot_regression,
+                                           hooks=training_plots()))

@@ -13,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xecmae.analysis.hooks import training_plots
     from xecmae.train.inpaint import inpaint
 
-    return announce_run_directory(inpaint(config_from_args(args, InpainterConfig)))
+    return announce_run_directory(inpaint(config_from_args(args, InpainterConfig), hooks=training_plots()))

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(summary(cfg))
         return 0
+    from xecmae.analysis.hooks import training_plots
     from xecmae.train.pretrain import pretrain
 
-    return announce_run_directory(pretrain(cfg))
+    return announce_run_directory(pretrain(cfg, hooks=training_plots()))

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from xecmae.detector import geometry as geo
+from xecmae.detector.threads import single_thread
 
 # --- the volume and the light (cm, ns, MeV) -------------------------------------------------------
 OPTICAL_SPEED = 18.62  # cm/ns, c / 1.61 in liquid xenon
@@ -345,10 +346,6 @@ def expected_photons(points: np.ndarray, energy_mev: np.ndarray, attenuation_len
         pts, energy = pts[:, None], energy.reshape(-1, 1)
     pos = torch.from_numpy((pts - FRAME_ORIGIN).astype(np.float32))
     weight = torch.from_numpy((energy * (0.5 * PHOTONS_PER_MEV)).astype(np.float32))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         photons, _ = deposit_light(pos, weight, None, attenuation_length, optics)
-    finally:
-        torch.set_num_threads(threads)
     return photons.numpy()

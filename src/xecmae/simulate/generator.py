@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from xecmae.detector import geometry as geo
 from xecmae.detector.light import FRAME_ORIGIN, PHOTONS_PER_MEV, deposit_light, make_optics
+from xecmae.detector.threads import single_thread
 from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import clustered_dead_mask, dead_mask_from_ids, random_dead_mask
 from xecmae.simulate.kinematics import C_LIGHT, first_interaction, parse_spectrum
@@ -167,7 +167,7 @@ class EventGenerator:
         kins = {k * SUB_EVENTS // BLOCK_EVENTS: None for k, _, _ in pieces}
         for block in kins:
             kins[block] = self._kinematics(block)
-        with one_torch_thread():
+        with single_thread():
             if workers <= 1 or len(pieces) == 1:
                 for k, dst, src in pieces:
                     self._sub_block(k, kins[k * SUB_EVENTS // BLOCK_EVENTS], out, dst, src)
@@ -195,7 +195,7 @@ class EventGenerator:
             block, first = divmod(k * SUB_EVENTS, BLOCK_EVENTS)
             kin = self._kinematics(block)
             ev = slice(first, first + SUB_EVENTS)
-            with one_torch_thread():
+            with single_thread():
                 light = self._light(kin, ev)
             lo = max(k * SUB_EVENTS, first_event) - k * SUB_EVENTS
             hi = min((k + 1) * SUB_EVENTS, first_event + n) - k * SUB_EVENTS
@@ -307,22 +307,3 @@ class EventGenerator:
         for name, values in kin["truth"].items():
             out[name][dst] = values[ev][src]
         out["timeTruth"][dst] = -t_ref.numpy()[src]
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run the per-sensor arithmetic on one thread, then restore the caller's setting.
-
-    The tensors are small (64 events x 4760 sensors); splitting them over threads gains little
-    and, on a busy machine, costs a lot. The second core is better used by the ROOT writer or by
-    another data-loader worker.
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

@@ -12,7 +12,7 @@ or opening angle) and RMS.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from xecmae.train import distributed as dist
 from xecmae.train.architecture import adopt_architecture
 from xecmae.train.deadtraining import with_dead_channels
 from xecmae.train.engine import RunSpec, fit
+from xecmae.train.hooks import Hook
 from xecmae.train.initialize import checkpoint_kind, init_encoder
 from xecmae.train.losses import Stats, gaussian_nll, point_loss
 from xecmae.train.resolution import pull_metrics, resolution_metrics
@@ -155,7 +156,7 @@ def init_regressor(cfg: RegressorConfig) -> Callable[[nn.Module, dict, str], Non
     return init
 
 
-def finetune(cfg: RegressorConfig, plot: RegressionPlot | None = None) -> Path:
+def finetune(cfg: RegressorConfig, plot: RegressionPlot | None = None, hooks: Sequence[Hook] = ()) -> Path:
     """Train the regressor; returns the run directory. ``plot`` draws the validation figures
     (the command line attaches :func:`xecmae.analysis.plots.plot_regression`); None = numbers only.
 
@@ -167,4 +168,4 @@ def finetune(cfg: RegressorConfig, plot: RegressionPlot | None = None) -> Path:
     objective = with_dead_channels(RegressionObjective(cfg), cfg.training.dead_channels)
     return fit(cfg, RunSpec(kind="regressor", build_model=build_regressor, objective=objective,
                             truth=True, init_from=init_regressor(cfg), param_groups=encoder_lr_groups,
-                            make_report=regression_report(plot)))
+                            make_report=regression_report(plot)), hooks)

@@ -8,6 +8,7 @@ the decoders only. Its default mask ratio is 0.05, about the share of sensors a 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import nn
@@ -17,6 +18,7 @@ from xecmae.models import build_mae
 from xecmae.train.architecture import adopt_architecture
 from xecmae.train.engine import RunSpec, fit
 from xecmae.train.finetune import encoder_lr_groups
+from xecmae.train.hooks import Hook
 from xecmae.train.initialize import check_compatible, checkpoint_kind, init_encoder, preferred_weights
 from xecmae.train.pretrain import mae_objective, prediction_report
 
@@ -43,9 +45,9 @@ def init_inpainter(cfg: InpainterConfig):
     return init
 
 
-def inpaint(cfg: InpainterConfig) -> Path:
+def inpaint(cfg: InpainterConfig, hooks: Sequence[Hook] = ()) -> Path:
     """Train the inpainter; returns the run directory (the encoder shape from ``checkpoint.resume_from``)."""
     cfg = adopt_architecture(cfg)
     return fit(cfg, RunSpec(kind="inpainter", build_model=build_mae, objective=mae_objective(cfg),
                             init_from=init_inpainter(cfg), param_groups=encoder_lr_groups,
-                            make_report=prediction_report("inpainter")))
+                            make_report=prediction_report("inpainter")), hooks)

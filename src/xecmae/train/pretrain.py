@@ -2,12 +2,14 @@
 
 Besides the shared engine, what is particular here is the validation report: every
 ``root_save_interval`` epochs the reconstructions of the validation events are streamed into
-``<kind>_predictions_epoch_N.root`` and one event is drawn.
+``<kind>_predictions_epoch_N.root`` (an attached hook, e.g. :class:`xecmae.analysis.hooks.EventDisplay`,
+may draw one of its events).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,9 +19,9 @@ from xecmae.models import build_mae
 from xecmae.models.mae import parameter_summary
 from xecmae.train import distributed as dist
 from xecmae.train.engine import RunSpec, fit
+from xecmae.train.hooks import Hook, Hooks
 from xecmae.train.losses import LossSettings
 from xecmae.train.objectives import MAEObjective
-from xecmae.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,6 @@ class PredictionReport:
         from xecmae.data.predictions import PredictionWriter
 
         self.path = run_dir / f"{kind}_predictions_epoch_{epoch}.root"
-        self.display = run_dir / f"event_display_epoch_{epoch}.png"
         self.writer = PredictionWriter(self.path, tuple(cfg.model.predict_channels), cfg.normalizer())
         self.limit, self.count = cfg.checkpoint.predictions_max_events, 0
 
@@ -48,17 +49,10 @@ class PredictionReport:
     def finish(self) -> dict[str, float]:
         return {}
 
-    def write(self, run_dir: Path, tracker: Tracker) -> None:
-        from matplotlib import pyplot as plt
-
-        from xecmae.analysis.display import prediction_event_figure
-
+    def write(self, run_dir: Path, artifacts: Hooks) -> list[Path]:
         self.writer.close()
-        fig = prediction_event_figure(self.path, entry=0)
-        fig.savefig(self.display, dpi=90)
-        plt.close(fig)
-        log.info("predictions: %s; event display: %s", self.path, self.display)
-        tracker.log_artifact(self.display, "plots")
+        log.info("predictions: %s", self.path)
+        return [self.path]
 
     def abort(self) -> None:
         self.writer.abort()
@@ -79,10 +73,10 @@ def mae_objective(cfg: RunConfig) -> MAEObjective:
                         LossSettings.from_training(cfg.training, full_metrics=True))
 
 
-def pretrain(cfg: MAEConfig) -> Path:
-    """Run MAE pre-training; returns the run directory."""
+def pretrain(cfg: MAEConfig, hooks: Sequence[Hook] = ()) -> Path:
+    """Run MAE pre-training; returns the run directory. ``hooks``: e.g. :func:`xecmae.analysis.hooks.training_plots`."""
     return fit(cfg, RunSpec(kind="mae", build_model=build_mae, objective=mae_objective(cfg),
-                            make_report=prediction_report("mae")))
+                            make_report=prediction_report("mae")), hooks)
 
 
 def summary(cfg: RunConfig) -> str:
