@@ -3,8 +3,8 @@
 Floors, lowest first (``docs/architecture.md``): ``detector`` (what the detector is) imports nothing
 else of the project; ``models`` never imports training, analysis, applications or commands; ``train``
 never imports ``analysis``, ``apps`` or ``commands`` (plots are hooks the commands attach); nothing
-but ``commands`` and ``cli`` imports ``commands``. Every import counts, lazy ones inside functions included: a lazy import is still a
-dependency, only a later one.
+but ``commands`` and ``cli`` imports ``commands``. Every import counts, lazy ones inside functions
+included: a lazy import is still a dependency, only a later one.
 """
 
 import ast
