@@ -58,7 +58,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -402,6 +402,14 @@ def plot(summary: dict, path: Path) -> Path:
     return path
 
 
+def chosen_preset(preset: Preset, args: argparse.Namespace) -> Preset:
+    """The preset with the budgets, seeds and steps given on the command line (they enter settings.json)."""
+    given = {"budgets": tuple(args.budgets) if args.budgets else None, "seeds": args.seeds, "steps": args.steps}
+    if any(v is not None and (min(v) if isinstance(v, tuple) else v) <= 0 for v in given.values()):
+        raise UserError("--budgets, --seeds and --steps must be positive")
+    return replace(preset, **{k: v for k, v in given.items() if v is not None})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
@@ -417,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="configuration override of the regressor runs, e.g. --set training.lr=3e-4")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--budgets", type=int, nargs="+", default=None, metavar="N",
+                        help="label budgets instead of the preset's (e.g. --budgets 16000 for one point)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per budget instead of the preset's")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimiser steps per learned run instead of the preset's (a convergence check)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default torch's choice; 1 on a machine shared with other work)")
     args = parser.parse_args(argv)
@@ -426,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work = args.work or Path("yardstick_output") / f"{name}_{args.detector}_{args.size}"
     try:
         args.sets = parse_sets(args.sets)
-        summary = run_benchmark(args, PRESETS[name], tuple(args.methods))
+        summary = run_benchmark(args, chosen_preset(PRESETS[name], args), tuple(args.methods))
     except UserError as exc:
         print(f"yardstick: error: {exc}", file=sys.stderr)
         return 2

@@ -83,3 +83,15 @@ def test_the_yardstick_scores_every_method_and_a_rerun_skips_finished_runs(tmp_p
     table = ys.markdown(first)
     assert table.count("\n") == 2 + 4 - 1 and "| classical | 32 |" in table
     assert json.loads(json.dumps(first)) == first  # the last line is plain JSON
+
+
+def test_budgets_seeds_and_steps_from_the_command_line_replace_the_presets():
+    ys = _yardstick()
+    preset = ys.PRESETS["default"]
+    args = argparse.Namespace(budgets=[16000], seeds=1, steps=1500)
+    chosen = ys.chosen_preset(preset, args)
+    assert (chosen.budgets, chosen.seeds, chosen.steps) == ((16000,), 1, 1500)
+    assert (chosen.batch, chosen.held_out) == (preset.batch, preset.held_out)
+    assert ys.chosen_preset(preset, argparse.Namespace(budgets=None, seeds=None, steps=None)) == preset
+    with pytest.raises(UserError, match="positive"):
+        ys.chosen_preset(preset, argparse.Namespace(budgets=[0], seeds=None, steps=None))
