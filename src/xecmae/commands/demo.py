@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_config(out: Path, train: str, val: str, args: argparse.Namespace):
-    from xecmae.config import validate
+    from xecmae.configload import validate
 
     return validate({
         "data": {"train_path": train, "val_path": val, "batch_size": args.batch, "chunksize": 512,

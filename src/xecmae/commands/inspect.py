@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xecmae.config import load_config
+    from xecmae.configload import load_config
     from xecmae.data.rootio import DataError
     from xecmae.data.sources import is_sim, resolve_inputs
 
