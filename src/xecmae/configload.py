@@ -7,6 +7,7 @@ mask_ratio?)``). The YAML file is only read, never written back.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import typing
 import warnings
@@ -141,14 +142,25 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                schema: type[Section] = MAEConfig) -> Section:
-    """YAML file (optional) + dotted overrides -> validated configuration."""
+                schema: type[Section] = MAEConfig, preset: dict[str, Any] | None = None) -> Section:
+    """YAML file (optional) + dotted overrides -> validated configuration.
+
+    ``preset``: nested sections below the YAML (a command's own starting point).
+    """
     raw = read_yaml(path) if path is not None else {}
-    raw = migrate_legacy(raw)
+    raw = _merged(copy.deepcopy(preset or {}), migrate_legacy(raw))
     _refuse_size_hybrid(raw, overrides or {}, path)
     for dotted, value in (overrides or {}).items():
         _set(raw, dotted, value)
     return validate(raw, schema)
+
+
+def _merged(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, section by section (``top`` is not changed)."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _refuse_size_hybrid(raw: dict, overrides: dict[str, Any], path: str | Path | None) -> None:

@@ -131,5 +131,23 @@ def _parse_flag_value(value):
     return value
 
 
-def config_from_args(args: argparse.Namespace, schema: type[Section] = MAEConfig) -> Section:
-    return load_config(args.config, overrides_from_args(args), schema)
+def add_key_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *names: str, key: str,
+                 **kwargs: Any) -> None:
+    """A command's own flag for one configuration key, with the command's name, type and help.
+
+    Given, it overrides ``key`` exactly as the full table's flag would (:func:`config_from_args`);
+    not given, the YAML or the schema's default holds. The metavar is argparse's usual one.
+    """
+    kwargs.setdefault("metavar", names[0].lstrip("-").replace("-", "_").upper())
+    parser.add_argument(*names, dest=f"cfg:{key}", default=argparse.SUPPRESS, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace, schema: type[Section] = MAEConfig,
+                     preset: dict[str, Any] | None = None) -> Section:
+    """The one way a command builds its configuration from its flags.
+
+    Lowest first: the schema's defaults, the command's ``preset`` (nested sections, e.g. the demo's
+    small run), the YAML of ``--config`` where the command has one, then the flags that were given
+    (:func:`add_config_flags`, :func:`add_key_flag`).
+    """
+    return load_config(getattr(args, "config", None), overrides_from_args(args), schema, preset)
