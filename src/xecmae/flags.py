@@ -1,8 +1,11 @@
 """Command-line flags for configuration keys, the one way a command turns its flags into a config.
 
-Every key of a schema is a flag (``--lr`` and ``--training.lr``; the short name wherever the leaf
-is unique), plus the aliases of the specification's Quick Start. A flag that is not given stays
-out of the overrides, so the YAML (or the default) holds; an explicit 0 or false counts.
+:func:`add_config_flags` makes every key of a schema a flag (``--lr`` and ``--training.lr``; the
+short name wherever the leaf is unique), plus the aliases of the specification's Quick Start;
+:func:`add_key_flag` gives one key a command's own flag (``xecmae inspect --tree``). Either way
+the flag's value lands in the namespace as ``cfg:KEY`` and :func:`config_from_args` applies it.
+A flag that is not given stays out of the overrides, so the YAML (or the default) holds; an
+explicit 0 or false counts.
 """
 
 from __future__ import annotations
