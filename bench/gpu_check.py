@@ -28,7 +28,8 @@ import traceback
 import torch
 
 from train_step import model_flops_utilisation
-from xecmae.config import InpainterConfig, MAEConfig, RegressorConfig, validate
+from xecmae.config import InpainterConfig, MAEConfig, RegressorConfig
+from xecmae.configload import validate
 from xecmae.models import build_mae
 from xecmae.models.regressor import build_regressor
 from xecmae.simulate import EventGenerator

@@ -30,7 +30,8 @@ import torch
 from xecmae.apps.export import export_model
 from xecmae.apps.graphs import make_graph
 from xecmae.apps.trained import load_trained
-from xecmae.config import InpainterConfig, RegressorConfig, validate
+from xecmae.config import InpainterConfig, RegressorConfig
+from xecmae.configload import validate
 from xecmae.models import build_mae
 from xecmae.models.regressor import build_regressor
 from xecmae.simulate import EventGenerator

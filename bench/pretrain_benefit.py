@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from xecmae.config import RegressorConfig, validate
+from xecmae.config import RegressorConfig
+from xecmae.configload import validate
 from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import load_checkpoint
 from xecmae.train.finetune import finetune

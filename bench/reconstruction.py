@@ -51,7 +51,8 @@ from xecmae.analysis.analyze import analyze, face_table, format_table
 from xecmae.analysis.predictions import PredictionWriter
 from xecmae.apps.fill import load_inpainter
 from xecmae.commands import add_dead_channels_option
-from xecmae.config import InpainterConfig, validate
+from xecmae.config import InpainterConfig
+from xecmae.configload import validate
 from xecmae.data.deadchannels import dead_channels
 from xecmae.data.stream import make_loader
 from xecmae.simulate import EventGenerator, write_root

@@ -35,7 +35,8 @@ import torch
 from xecmae.apps.robustness import robustness
 from xecmae.apps.robustness_report import markdown_table
 from xecmae.commands import add_dead_channels_option
-from xecmae.config import RegressorConfig, validate
+from xecmae.config import RegressorConfig
+from xecmae.configload import validate
 from xecmae.data.deadchannels import dead_channels
 from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.finetune import finetune

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from xecmae.config import validate
+from xecmae.configload import validate
 from xecmae.models import build_mae
 from xecmae.runtime import large_blocks_from_heap
 from xecmae.simulate import EventGenerator

@@ -71,7 +71,8 @@ from xecmae.apps.classical import features_of
 from xecmae.apps.events import EventSource
 from xecmae.apps.regress import regress
 from xecmae.apps.trained import load_trained
-from xecmae.config import FiducialConfig, MAEConfig, RegressorConfig, validate
+from xecmae.config import FiducialConfig, MAEConfig, RegressorConfig
+from xecmae.configload import validate
 from xecmae.errors import UserError
 from xecmae.models.regressor import TASK_TARGETS, build_regressor
 from xecmae.simulate import EventGenerator, write_root

@@ -49,7 +49,8 @@ def sim_data(tmp_path_factory) -> dict[str, str]:
 def tiny_config(sim_data: dict[str, str], run_dir, schema=None, **sections):
     """A tiny, fast configuration over ``sim_data`` (an MAE one unless ``schema`` says otherwise);
     keyword sections update the defaults."""
-    from xecmae.config import MAEConfig, validate
+    from xecmae.config import MAEConfig
+    from xecmae.configload import validate
 
     raw = {
         "data": {"train_path": sim_data["train"], "val_path": sim_data["val"], "batch_size": 32,

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from xecmae.config import load_config
+from xecmae.configload import load_config
 from xecmae.train import loop, tracking
 from xecmae.train.pretrain import pretrain
 

@@ -5,7 +5,7 @@ import socket
 import pytest
 import torch
 
-from xecmae.config import validate
+from xecmae.configload import validate
 from xecmae.train.accelerator import accelerator_settings, distributed_model
 
 CUDA = torch.device("cuda", 0)  # the flags are plain process settings: no GPU is needed to set them

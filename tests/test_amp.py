@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from xecmae.config import InpainterConfig, MAEConfig, RegressorConfig, validate
+from xecmae.config import InpainterConfig, MAEConfig, RegressorConfig
+from xecmae.configload import validate
 from xecmae.models import build_mae
 from xecmae.models.blocks import GRN, DepthwiseConv2d, grn_reference
 from xecmae.models.regressor import build_regressor

@@ -12,7 +12,8 @@ from xecmae.analysis.calibration import ClassicalCalibration
 from xecmae.apps.predict import predict_regression
 from xecmae.apps.validate import fiducial, validate_regressor
 from xecmae.cli import main
-from xecmae.config import ConfigError, FiducialConfig, InpainterConfig, RegressorConfig, load_config, validate
+from xecmae.config import ConfigError, FiducialConfig, InpainterConfig, RegressorConfig
+from xecmae.configload import load_config, validate
 from xecmae.data.rootio import write_tree
 from xecmae.detector.geometry import uvw_to_xyz
 from xecmae.models import build_mae

@@ -7,14 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xecmae.config import (
-    ConfigError,
-    MAEConfig,
-    add_config_flags,
-    config_from_args,
-    load_config,
-    validate,
-)
+from xecmae.config import ConfigError, MAEConfig
+from xecmae.configload import load_config, validate
+from xecmae.flags import add_config_flags, config_from_args
 
 SHIPPED = Path(__file__).resolve().parents[1] / "config" / "mae" / "mae_config.yaml"
 

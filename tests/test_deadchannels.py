@@ -10,7 +10,8 @@ from xecmae.apps.events import EventSource
 from xecmae.apps.fill import fill_dead_channels
 from xecmae.apps.filling import inpainter_fill, neighbour_fill
 from xecmae.cli import main
-from xecmae.config import InpainterConfig, validate
+from xecmae.config import InpainterConfig
+from xecmae.configload import validate
 from xecmae.data.deadchannels import apply_dead_channels, dead_channels, parse_dead_channels
 from xecmae.data.rootio import write_tree
 from xecmae.detector.normalize import Normalizer

@@ -8,7 +8,8 @@ import uproot
 from conftest import tiny_config
 from xecmae.analysis.plots import plot_regression
 from xecmae.apps.fill import fill_dead_channels
-from xecmae.config import ConfigError, InpainterConfig, RegressorConfig, validate
+from xecmae.config import ConfigError, InpainterConfig, RegressorConfig
+from xecmae.configload import validate
 from xecmae.detector.geometry import uvw_to_xyz
 from xecmae.errors import UserError
 from xecmae.models import build_mae

@@ -11,7 +11,8 @@ from xecmae.apps.graphs import make_graph
 from xecmae.apps.predict import predict_regression
 from xecmae.apps.trained import load_trained
 from xecmae.apps.validate import validate_regressor
-from xecmae.config import RegressorConfig, validate
+from xecmae.config import RegressorConfig
+from xecmae.configload import validate
 from xecmae.models import build_mae
 from xecmae.models.heads import LOG_VAR_RANGE, bounded_log_var, key_positions, stage2_centres
 from xecmae.models.regressor import LOG_VAR, TASK_TARGETS, build_regressor

@@ -9,7 +9,8 @@ import uproot
 
 from xecmae.analysis import baselines as bl
 from xecmae.apps.fill import fill_dead_channels
-from xecmae.config import InpainterConfig, validate
+from xecmae.config import InpainterConfig
+from xecmae.configload import validate
 from xecmae.detector.normalize import Normalizer
 from xecmae.models import build_mae
 from xecmae.models.masking import hide

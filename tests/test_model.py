@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from xecmae.config import validate
+from xecmae.configload import validate
 from xecmae.detector import geometry as geo
 from xecmae.detector.normalize import Normalizer
 from xecmae.models import XEC_MAE, XECEncoder, build_mae

@@ -11,7 +11,8 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from xecmae.config import InpainterConfig, MAEConfig, RegressorConfig, validate
+from xecmae.config import InpainterConfig, MAEConfig, RegressorConfig
+from xecmae.configload import validate
 from xecmae.models import build_mae
 from xecmae.models.regressor import build_regressor
 from xecmae.simulate import EventGenerator

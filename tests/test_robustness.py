@@ -9,7 +9,8 @@ import torch
 from conftest import tiny_config
 from xecmae.apps.robustness import dead_map_bank, parse_fractions
 from xecmae.cli import main
-from xecmae.config import InpainterConfig, RegressorConfig, validate
+from xecmae.config import InpainterConfig, RegressorConfig
+from xecmae.configload import validate
 from xecmae.detector import geometry as geo
 from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError

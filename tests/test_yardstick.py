@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from xecmae.config import RegressorConfig, validate
+from xecmae.config import RegressorConfig
+from xecmae.configload import validate
 from xecmae.data.stream import steps_per_epoch
 from xecmae.errors import UserError
 from xecmae.models import build_mae

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from types import ModuleType
 
 from xecmae.errors import UserError
 
@@ -51,6 +52,14 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+def command_parser(name: str) -> tuple[ModuleType, argparse.ArgumentParser]:
+    """The module of subcommand ``name`` and its argument parser."""
+    module = importlib.import_module(f"xecmae.commands.{name}")
+    parser = argparse.ArgumentParser(prog=f"xecmae {name}", description=COMMANDS[name], allow_abbrev=False)
+    module.add_arguments(parser)
+    return module, parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -60,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"xecmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"xecmae.commands.{name}")
-    parser = argparse.ArgumentParser(prog=f"xecmae {name}", description=COMMANDS[name], allow_abbrev=False)
-    module.add_arguments(parser)
+    module, parser = command_parser(name)
     args = parser.parse_args(argv[1:])
     setup_logging(getattr(args, "verbose", False))
     try:

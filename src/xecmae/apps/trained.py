@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from xecmae.config import SCHEMAS, RunConfig, validate
+from xecmae.config import SCHEMAS, RunConfig
+from xecmae.configload import validate
 from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError
 from xecmae.train.checkpoint import load_checkpoint

@@ -184,7 +184,7 @@ def check_output_dir(out_dir: Path) -> None:
 
 def validation_config(trained, config: dict | None, cuts: dict[str, float] | None) -> ValidationConfig:
     """The checkpoint's ``validation`` section, updated by ``config`` (a mapping) and then ``cuts``."""
-    from xecmae.config import validate as validate_config
+    from xecmae.configload import validate as validate_config
 
     settings = trained.cfg.validation.model_dump()
     for key, value in (config or {}).items():

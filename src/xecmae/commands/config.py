@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from xecmae.config import SCHEMAS, ConfigError, add_config_flags, config_from_args
+from xecmae.config import SCHEMAS, ConfigError
+from xecmae.flags import add_config_flags, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

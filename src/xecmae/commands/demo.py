@@ -15,27 +15,37 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from xecmae.flags import add_key_flag
+
     parser.add_argument("--out", default="demo_output", help="directory for everything the demo writes")
     parser.add_argument("--train-events", type=int, default=2000, help="simulated training events per epoch")
     parser.add_argument("--val-events", type=int, default=256, help="simulated validation events")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=1)
+    add_key_flag(parser, "--epochs", key="training.epochs", type=int)  # defaults: DEMO below
+    add_key_flag(parser, "--batch", key="data.batch_size", type=int)
+    add_key_flag(parser, "--seed", key="training.seed", type=int)
+
+
+DEMO = {
+    "data": {"batch_size": 32, "chunksize": 512, "num_workers": 1, "num_threads": 1, "shuffle_buffer": 2048},
+    "model": {"size": "tiny", "mask_ratio": 0.6},
+    "training": {"epochs": 6, "lr": 2e-3, "warmup_epochs": 0.5, "lr_min": 1e-4, "seed": 1,
+                 "track_metrics": True, "track_mae_rmse": True, "log_interval": 10},
+    "checkpoint": {"run_name": "mae_tiny", "overwrite": True, "save_predictions": True,
+                   "predictions_max_events": 64},
+    "mlflow": {"experiment": "xecmae-demo"},
+}
+"""The demo's run, below its flags: the tiny model, a few CPU minutes, predictions at the last epoch only."""
 
 
 def demo_config(out: Path, train: str, val: str, args: argparse.Namespace):
-    from xecmae.config import validate
+    from xecmae.config import MAEConfig
+    from xecmae.flags import config_from_args
 
-    return validate({
-        "data": {"train_path": train, "val_path": val, "batch_size": args.batch, "chunksize": 512,
-                 "num_workers": 1, "num_threads": 1, "shuffle_buffer": 2048},
-        "model": {"size": "tiny", "mask_ratio": 0.6},
-        "training": {"epochs": args.epochs, "lr": 2e-3, "warmup_epochs": 0.5, "lr_min": 1e-4, "seed": args.seed,
-                     "track_metrics": True, "track_mae_rmse": True, "log_interval": 10},
-        "checkpoint": {"save_dir": str(out), "run_name": "mae_tiny", "overwrite": True, "save_predictions": True,
-                       "root_save_interval": args.epochs, "predictions_max_events": 64},
-        "mlflow": {"experiment": "xecmae-demo"},
-    })
+    preset = {**DEMO, "data": {**DEMO["data"], "train_path": train, "val_path": val},
+              "checkpoint": {**DEMO["checkpoint"], "save_dir": str(out)}}
+    cfg = config_from_args(args, MAEConfig, preset)
+    cfg.checkpoint.root_save_interval = cfg.training.epochs
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,11 +57,13 @@ def run(args: argparse.Namespace) -> int:
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    cfg = demo_config(out, str(data / "train.root"), str(data / "val.root"), args)
+    seed, epochs = cfg.training.seed, cfg.training.epochs
     print(f"1/3 simulating {args.train_events} training and {args.val_events} validation events into {data}/")
-    train = write_root(data / "train.root", args.train_events, EventGenerator(seed=args.seed), progress=False)[0]
-    val = write_root(data / "val.root", args.val_events, EventGenerator(seed=args.seed + 1000), progress=False)[0]
-    print(f"2/3 pre-training the tiny MAE for {args.epochs} epochs on the CPU (a few minutes)")
-    run_dir = pretrain(demo_config(out, str(train), str(val), args), hooks=training_plots())
+    write_root(data / "train.root", args.train_events, EventGenerator(seed=seed), progress=False)
+    write_root(data / "val.root", args.val_events, EventGenerator(seed=seed + 1000), progress=False)
+    print(f"2/3 pre-training the tiny MAE for {epochs} epochs on the CPU (a few minutes)")
+    run_dir = pretrain(cfg, hooks=training_plots())
     print(f"3/3 done in {(time.perf_counter() - started) / 60:.1f} min")
     from xecmae.train.checkpoint import load_checkpoint
 

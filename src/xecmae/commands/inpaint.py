@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from xecmae.commands import announce_run_directory
-from xecmae.config import InpainterConfig, add_config_flags, config_from_args
+from xecmae.config import InpainterConfig
+from xecmae.flags import add_config_flags, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,32 +19,34 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from xecmae.flags import add_key_flag
+
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="ROOT file, glob, directory or text file listing paths")
     parser.add_argument("--config", default=None, help="YAML configuration: tree and branch names, threshold")
-    parser.add_argument("--tree", default=None, help="tree name (default: data.tree_name, 'tree')")
-    parser.add_argument("--npho-branch", default=None, help="default: data.npho_branch, 'npho'")
-    parser.add_argument("--time-branch", default=None, help="default: data.time_branch, 'relative_time'")
+    add_key_flag(parser, "--tree", key="data.tree_name", help="tree name (default: data.tree_name, 'tree')")
+    add_key_flag(parser, "--npho-branch", key="data.npho_branch", help="default: data.npho_branch, 'npho'")
+    add_key_flag(parser, "--time-branch", key="data.time_branch",
+                 help="default: data.time_branch, 'relative_time'")
     parser.add_argument("--max-events", type=int, default=None,
                         help="read at most this many entries per file for the invalid fractions (default: all)")
-    parser.add_argument("--chunksize", type=int, default=None, help="entries per read (default: data.chunksize)")
-    parser.add_argument("--npho-threshold", type=float, default=None,
-                        help="photons below which a time is invalid (default: training.time.npho_threshold)")
+    add_key_flag(parser, "--chunksize", key="data.chunksize", type=int,
+                 help="entries per read (default: data.chunksize)")
+    add_key_flag(parser, "--npho-threshold", key="training.time.npho_threshold", type=float,
+                 help="photons below which a time is invalid (default: training.time.npho_threshold)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from xecmae.config import load_config
     from xecmae.data.rootio import DataError
     from xecmae.data.sources import is_sim, resolve_inputs
+    from xecmae.flags import config_from_args
 
-    cfg = load_config(args.config)
-    tree_name = args.tree if args.tree is not None else cfg.data.tree_name
-    branches = (args.npho_branch if args.npho_branch is not None else cfg.data.npho_branch,
-                args.time_branch if args.time_branch is not None else cfg.data.time_branch)
-    chunksize = args.chunksize if args.chunksize is not None else cfg.data.chunksize
-    threshold = args.npho_threshold if args.npho_threshold is not None else cfg.training.time.npho_threshold
-    if chunksize <= 0 or (args.max_events is not None and args.max_events <= 0):
-        raise UserError("--chunksize and --max-events must be positive")
+    cfg = config_from_args(args)
+    tree_name, chunksize = cfg.data.tree_name, cfg.data.chunksize
+    branches = (cfg.data.npho_branch, cfg.data.time_branch)
+    threshold = cfg.training.time.npho_threshold
+    if args.max_events is not None and args.max_events <= 0:
+        raise UserError("--max-events must be positive")
     if is_sim(args.paths):
         raise UserError("inspect reads ROOT files; a sim:// source has nothing on disk to inspect")
     files = resolve_inputs(args.paths)

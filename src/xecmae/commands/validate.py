@@ -69,7 +69,7 @@ def _fitted(calibration, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from xecmae.apps.events import EventSource
     from xecmae.apps.validate import REPORT, validate_regressor
-    from xecmae.config import read_yaml
+    from xecmae.configload import read_yaml
     from xecmae.data.deadchannels import parse_dead_channels
 
     config = read_yaml(args.config).get("validation", {}) if args.config else None

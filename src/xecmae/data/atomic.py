@@ -13,7 +13,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 def partial_name(path: str | os.PathLike) -> Path:
@@ -44,6 +44,37 @@ class Partial:
     def discard(self) -> None:
         """Remove the partial file, if any (a no-op after :meth:`commit`)."""
         self.path.unlink(missing_ok=True)
+
+
+class CloseOrAbort:
+    """A writer whose file is complete or gone: :meth:`close` keeps it, :meth:`abort` removes it.
+
+    A subclass writes the rest of its file in ``_complete`` (returning the final path) and removes
+    what it wrote in :meth:`abort` (safe to call twice, and after a close). A failure inside
+    ``_complete`` aborts as well; a ``with`` block closes on success and aborts on an exception.
+    """
+
+    def _complete(self) -> Path:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> Path:
+        try:
+            return self._complete()
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 @contextlib.contextmanager

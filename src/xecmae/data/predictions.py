@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import uproot
 
+from xecmae.data.atomic import CloseOrAbort
 from xecmae.data.rootio import TreeWriter
 from xecmae.detector.geometry import N_SENSORS
 from xecmae.detector.normalize import Normalizer
@@ -38,8 +39,8 @@ def branch_types(channels: tuple[str, ...]) -> dict[str, Any]:
     return types
 
 
-class PredictionWriter:
-    """Collects batches and writes them in chunks of ``chunk_events``; use as a context manager."""
+class PredictionWriter(CloseOrAbort):
+    """Collects batches and writes them in chunks of ``chunk_events``; complete or gone, as a :class:`TreeWriter`."""
 
     def __init__(self, path: str | Path, channels: tuple[str, ...], normalizer: Normalizer,
                  chunk_events: int = CHUNK_EVENTS):
@@ -69,7 +70,8 @@ class PredictionWriter:
             arrays[f"error_{name}"] = (pred[..., c] - x[..., c]).astype(np.float32)
         self.out.extend(arrays)
 
-    def close(self) -> Path:
+    def _complete(self) -> Path:
+        """The last chunk, the metadata entry, then the file under its final name."""
         self.out.flush()
         norm = self.normalizer
         self.out.write_metadata({"predict_channels": ",".join(self.channels), "npho_scheme": norm.npho_scheme,
@@ -79,15 +81,6 @@ class PredictionWriter:
 
     def abort(self) -> None:
         self.out.abort()
-
-    def __enter__(self) -> PredictionWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def read_metadata(source: str | Path | uproot.ReadOnlyDirectory) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import uproot
 
-from xecmae.data.atomic import Partial
+from xecmae.data.atomic import CloseOrAbort, Partial
 from xecmae.data.readbuffers import ReadBuffers
 from xecmae.data.sources import REMOTE_SCHEMES
 from xecmae.detector.geometry import N_SENSORS
@@ -272,7 +272,7 @@ def _metadata_column(value: str | float | int | np.generic) -> tuple[Any, Any]:
     return np.dtype(dtype), np.array([value], dtype=dtype)
 
 
-class TreeWriter:
+class TreeWriter(CloseOrAbort):
     """The one ROOT writer: a TTree filled chunk by chunk, plus one-entry metadata trees, atomically.
 
     The file is written at ``.NAME.partial-PID`` (:mod:`xecmae.data.atomic`) and renamed when
@@ -322,16 +322,13 @@ class TreeWriter:
         tree = self.file.mktree(name, {key: kind for key, (kind, _) in columns.items()})
         tree.extend({key: array for key, (_, array) in columns.items()})
 
-    def close(self) -> Path:
+    def _complete(self) -> Path:
         """Write what is buffered, close the file and give it its final name."""
-        try:
-            self.flush()
-            if self.tree is None:
-                raise ValueError(f"{self.path}: a tree needs branch types when there are no chunks")
-            self.file.close()
-            return self._partial.commit() if self._partial else self.path
-        finally:
-            self.abort()
+        self.flush()
+        if self.tree is None:
+            raise ValueError(f"{self.path}: a tree needs branch types when there are no chunks")
+        self.file.close()
+        return self._partial.commit() if self._partial else self.path
 
     def abort(self) -> None:
         """Close and remove the partial file (a no-op after :meth:`close`)."""
@@ -339,15 +336,6 @@ class TreeWriter:
             self.file.close()
         if self._partial:
             self._partial.discard()
-
-    def __enter__(self) -> TreeWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_tree(path: str | os.PathLike, chunks: Iterable[Mapping[str, np.ndarray]], tree_name: str = "tree",

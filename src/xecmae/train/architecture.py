@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from xecmae.config import ConfigError, RunConfig, validate
+from xecmae.config import ConfigError, RunConfig
+from xecmae.configload import validate
 from xecmae.errors import UserError
 
 log = logging.getLogger(__name__)
