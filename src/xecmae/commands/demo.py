@@ -29,7 +29,7 @@ def demo_config(out: Path, train: str, val: str, args: argparse.Namespace):
     return validate({
         "data": {"train_path": train, "val_path": val, "batch_size": args.batch, "chunksize": 512,
                  "num_workers": 1, "num_threads": 1, "shuffle_buffer": 2048},
-        "model": {"size": "tiny", "mask_ratio": 0.6},
+        "model": {"size": "tiny"},
         "training": {"epochs": args.epochs, "lr": 2e-3, "warmup_epochs": 0.5, "lr_min": 1e-4, "seed": args.seed,
                      "track_metrics": True, "track_mae_rmse": True, "log_interval": 10},
         "checkpoint": {"save_dir": str(out), "run_name": "mae_tiny", "overwrite": True, "save_predictions": True,
