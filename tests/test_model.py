@@ -78,7 +78,7 @@ def test_the_model_takes_its_spec_whole():
 @pytest.mark.parametrize("pool", [None, (3, 3)])
 def test_every_sensor_gets_its_own_prediction_back(pool):
     """Decoder grids holding each cell's owner value map back onto all 4760 sensors."""
-    mapper = FaceMapper(NORM, "finegrid", pool)
+    mapper = FaceMapper(NORM, EncoderConfig(outer_fine_pool=pool))
     x, valid = fake_event_batch(2, dead_fraction=0.0)
     faces = mapper.to_faces(x, torch.ones_like(valid))
     as_output = {k: (v[:, :2] if v.dim() == 4 else v[..., :2].transpose(1, 2)) for k, v in faces.items()}
@@ -102,7 +102,7 @@ def test_every_sensor_gets_its_own_prediction_back(pool):
 
 
 def test_outer_npho_is_spread_in_photons_not_in_log_space():
-    mapper = FaceMapper(NORM)
+    mapper = FaceMapper(NORM, EncoderConfig())
     npho = torch.zeros(1, geo.N_SENSORS)
     corner = int(geo.outer_coarse_map()[0, 0])
     npho[0, corner] = 1500.0

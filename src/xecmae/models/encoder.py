@@ -78,7 +78,7 @@ class XECEncoder(nn.Module):
         super().__init__()
         encoder_dim = spec.encoder_dim  # a positive multiple of 32, resolved from spec.size (checked there)
         self.encoder_dim = encoder_dim
-        self.faces = FaceMapper(normalizer, spec.outer_mode, spec.outer_fine_pool)
+        self.faces = FaceMapper(normalizer, spec)
         self.backbones = nn.ModuleDict({face: ConvNeXtFaceEncoder(encoder_dim) for face in RECT_FACES})
         self.backbones.update({face: HexNeXtFaceEncoder(encoder_dim) for face in HEX_FACES})
         self.face_embedding = nn.Parameter(torch.zeros(1, len(FACE_NAMES), encoder_dim))

@@ -94,9 +94,7 @@ class XECRegressor(EncoderModel):
         if spec.head == "tokens":
             self.heads = nn.ModuleDict({t: RegressionHead(dim, hidden, outputs[t], extra) for t in self.tasks})
         else:
-            self.heads = MapHeads(dim, outputs, hidden=hidden, map_dim=spec.map_dim, extra=extra,
-                                  position_scale=TASK_TARGETS["position"].scale[:2],
-                                  outer_mode=spec.outer_mode, outer_fine_pool=spec.outer_fine_pool)
+            self.heads = MapHeads(spec, outputs, extra=extra, position_scale=TASK_TARGETS["position"].scale[:2])
         self.set_encoder_frozen(spec.freeze_encoder)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
