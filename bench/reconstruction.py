@@ -55,13 +55,14 @@ from xecmae.config import InpainterConfig
 from xecmae.configload import validate
 from xecmae.data.deadchannels import dead_channels
 from xecmae.data.stream import make_loader
+from xecmae.models.spec import InpainterModelConfig, MAEModelConfig
 from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import MAE_LAST, load_checkpoint
 from xecmae.train.inpaint import inpaint
 from xecmae.train.pretrain import pretrain
 
-MASK_RATIOS = (0.6, 0.05)
-INPAINTER_RATIO = 0.05
+INPAINTER_RATIO = InpainterModelConfig.model_fields["mask_ratio"].default
+MASK_RATIOS = (MAEModelConfig.model_fields["mask_ratio"].default, INPAINTER_RATIO)  # each kind's own default
 INPAINTERS = {"spec": {"refine": False}, "neighbour": {"prior": "neighbour"}, "solid_angle": {"prior": "solid_angle"}}
 """The inpainter variants: model keys of each."""
 BRIGHT = 1000.0  # photons
@@ -82,7 +83,7 @@ def make_config(args: argparse.Namespace, train: str, val: str, run_dir: Path):
     return validate({
         "data": {"train_path": train, "val_path": val, "batch_size": args.batch_size, "chunksize": 1024,
                  "num_workers": args.workers, "num_threads": 1, "shuffle_buffer": 2048},
-        "model": {"size": args.size, "mask_ratio": 0.6},
+        "model": {"size": args.size},
         "training": {"epochs": epochs, "max_steps": max_steps, "lr": args.lr, "lr_scheduler": schedule,
                      "warmup_epochs": 0, "seed": args.seed, "log_interval": 10, "device": args.device},
         "checkpoint": {"save_dir": str(run_dir), "run_name": "bench", "save_predictions": False,
@@ -93,7 +94,7 @@ def make_config(args: argparse.Namespace, train: str, val: str, run_dir: Path):
 
 def inpainter_config(args: argparse.Namespace, train: str, val: str, run_dir: Path, mae: Path, variant: str):
     """An inpainter run from the MAE checkpoint ``mae``: ``--inpaint-steps`` steps (cosine), no MLflow."""
-    model = {"mask_ratio": INPAINTER_RATIO, **INPAINTERS[variant]}
+    model = dict(INPAINTERS[variant])
     if args.prior_fit_iterations is not None and variant == "solid_angle":
         model["prior_fit_iterations"] = args.prior_fit_iterations
     steps_per_epoch = args.events // args.batch_size
@@ -134,7 +135,7 @@ def predict_file(cfg, model, device: torch.device, ratio: float, path: Path, see
     """Run the model over the held-out file with seeded masks at ``ratio``; write a prediction file.
 
     Returns the file and the (N, 4760) hidden mask (the same seed gives every model the same one)."""
-    model.mask_ratio = ratio
+    model.masking.mask_ratio = ratio
     generator = torch.Generator(device=device).manual_seed(seed)
     channels = tuple(cfg.model.predict_channels)
     hidden = []

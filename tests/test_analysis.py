@@ -13,6 +13,7 @@ from xecmae.cli import main as cli_main
 from xecmae.detector import geometry as geo
 from xecmae.detector.normalize import Normalizer
 from xecmae.models.masking import random_masking
+from xecmae.models.spec import MaskingSpec
 
 FACES = geo.face_of_sensor()
 NPHO_ERROR = np.array([0.10, -0.20, 0.05, 0.30, -0.10, 0.15])  # relative, per face, on hidden sensors
@@ -29,7 +30,8 @@ def write_known_errors(path, channels, events: int = 12, seed: int = 0) -> dict[
     dead = rng.random(geo.N_SENSORS) < 0.02
     npho[:, dead], time[:, dead] = 1e10, 1e10
     x, valid = norm(torch.from_numpy(npho), torch.from_numpy(time))
-    hidden = random_masking(valid, 0.6, generator=torch.Generator().manual_seed(seed)).numpy()
+    spec = MaskingSpec(mask_ratio=0.6, time_mask_ratio_scale=1.0)
+    hidden = random_masking(valid, spec, generator=torch.Generator().manual_seed(seed)).numpy()
     valid = valid.numpy()
     good = np.where(valid[..., 0], npho, 0.0).astype(np.float64)
     pred_npho = np.where(hidden, good * (1 + NPHO_ERROR[FACES]), good)

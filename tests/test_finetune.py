@@ -195,7 +195,7 @@ def test_the_inpainter_beats_the_neighbour_average_on_hidden_sensors(sim_data, t
 
     run = inpaint(validate(raw, InpainterConfig))
     model = load_inpainter(run / "inpainter_checkpoint_best.pth", torch.device("cpu"))
-    model.mask_ratio = 0.05
+    model.masking.mask_ratio = 0.05
     with uproot.open(sim_data["val"]) as f:
         arrays = f["tree"].arrays(["npho", "relative_time"], library="np")
     norm = model.normalizer

@@ -16,6 +16,7 @@ from xecmae.configload import validate
 from xecmae.models import build_mae
 from xecmae.models.heads import LOG_VAR_RANGE, bounded_log_var, key_positions, stage2_centres
 from xecmae.models.regressor import LOG_VAR, TASK_TARGETS, build_regressor
+from xecmae.models.spec import EncoderConfig
 from xecmae.simulate import EventGenerator
 from xecmae.train.checkpoint import load_checkpoint, save_checkpoint
 from xecmae.train.engine import RunSpec, build_trainer
@@ -80,7 +81,7 @@ def test_key_positions_are_the_centres_of_the_stage2_footprints():
     # an interior stage-2 cell a covers stem cells 2a, 2a + 1, which cover inputs 2a - 1 .. 2a + 3
     np.testing.assert_allclose(centres[1:, 1:, 0], 2 * np.arange(1, 9)[:, None] + 1 + 0 * np.arange(1, 5))
     np.testing.assert_allclose(centres[1:, 1:, 1], 2 * np.arange(1, 5)[None, :] + 1 + 0 * np.arange(1, 9)[:, None])
-    inner = key_positions()["inner"]  # (966, 3) cm, on the inner face (r = 64.97 cm)
+    inner = key_positions(EncoderConfig())["inner"]  # (966, 3) cm, on the inner face (r = 64.97 cm)
     assert inner.shape == (46 * 21, 3)
     np.testing.assert_allclose(np.hypot(inner[:, 0].numpy(), inner[:, 1].numpy()), 64.97, atol=0.5)
     assert inner[:, 2].min() < -28 and inner[:, 2].max() > 28  # the face spans u of about +-33 cm

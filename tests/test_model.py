@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from xecmae.config import MAEConfig
 from xecmae.configload import validate
 from xecmae.detector import geometry as geo
 from xecmae.detector.normalize import Normalizer
@@ -11,9 +12,14 @@ from xecmae.models import XEC_MAE, XECEncoder, build_mae
 from xecmae.models.blocks import GRN, DepthwiseConv2d, HexGraphConv, _GRNFunction, grn_reference
 from xecmae.models.faces import FaceMapper
 from xecmae.models.masking import hide, random_masking
+from xecmae.models.spec import EncoderConfig, MaskingSpec
 from xecmae.train.losses import LossSettings, mae_loss
 
 NORM = Normalizer()
+
+
+def masking(ratio: float, time_scale: float = 1.0) -> MaskingSpec:
+    return MaskingSpec(mask_ratio=ratio, time_mask_ratio_scale=time_scale)
 
 
 def fake_event_batch(batch: int = 3, seed: int = 0, dead_fraction: float = 0.02):
@@ -51,17 +57,29 @@ def test_decoder_output_shapes_follow_the_specification(model, outer_shape, chan
 
 
 def test_encoder_returns_six_tokens_and_rejects_bad_widths():
-    enc = XECEncoder(NORM, encoder_dim=64, num_fusion_layers=1, num_heads=4)
+    enc = XECEncoder(NORM, EncoderConfig(size="tiny", encoder_dim=64))
     x, valid = fake_event_batch(2)
     assert enc(x, valid).shape == (2, 6, 64)
     with pytest.raises(ValueError, match="multiple of 32"):
-        XECEncoder(NORM, encoder_dim=100)
+        EncoderConfig(encoder_dim=100)  # the spec checks it, once, before any model is built
+
+
+def test_the_model_takes_its_spec_whole():
+    cfg = validate({"model": {"size": "tiny", "encoder_dim": 96, "num_heads": 2, "mask_ratio": 0.3},
+                    "training": {"time": {"mask_ratio_scale": 2.0}}}, MAEConfig)
+    mae = XEC_MAE(NORM, cfg.model, masking(0.3, 2.0))
+    assert mae.encoder.encoder_dim == 96 and mae.encoder.fusion.layers[0].self_attn.num_heads == 2
+    assert build_mae(cfg).masking == mae.masking  # the builder reads the same two YAML keys
+    with pytest.raises(ValueError, match="less than 1"):
+        mae.masking.mask_ratio = 1.5  # a new ratio is checked where the spec is
+    with pytest.raises(AttributeError):
+        mae.mask_ratio = 0.05  # not silently ignored
 
 
 @pytest.mark.parametrize("pool", [None, (3, 3)])
 def test_every_sensor_gets_its_own_prediction_back(pool):
     """Decoder grids holding each cell's owner value map back onto all 4760 sensors."""
-    mapper = FaceMapper(NORM, "finegrid", pool)
+    mapper = FaceMapper(NORM, EncoderConfig(outer_fine_pool=pool))
     x, valid = fake_event_batch(2, dead_fraction=0.0)
     faces = mapper.to_faces(x, torch.ones_like(valid))
     as_output = {k: (v[:, :2] if v.dim() == 4 else v[..., :2].transpose(1, 2)) for k, v in faces.items()}
@@ -85,7 +103,7 @@ def test_every_sensor_gets_its_own_prediction_back(pool):
 
 
 def test_outer_npho_is_spread_in_photons_not_in_log_space():
-    mapper = FaceMapper(NORM)
+    mapper = FaceMapper(NORM, EncoderConfig())
     npho = torch.zeros(1, geo.N_SENSORS)
     corner = int(geo.outer_coarse_map()[0, 0])
     npho[0, corner] = 1500.0
@@ -96,7 +114,7 @@ def test_outer_npho_is_spread_in_photons_not_in_log_space():
 
 def test_masking_hides_the_stated_number_and_never_an_invalid_sensor():
     x, valid = fake_event_batch(4, dead_fraction=0.05)
-    hidden = random_masking(valid, 0.6, generator=torch.Generator().manual_seed(1))
+    hidden = random_masking(valid, masking(0.6), generator=torch.Generator().manual_seed(1))
     n_valid = valid[..., 0].sum(1)
     expected = torch.tensor([int(n * 0.6) for n in n_valid.tolist()])
     torch.testing.assert_close(hidden.sum(1), expected)
@@ -111,7 +129,7 @@ def test_dim_sensors_are_maskable_but_dead_ones_are_not():
     npho = torch.full((1, geo.N_SENSORS), 50.0)  # all dim: valid npho, invalid time
     npho[0, :100] = 1e10
     _x, valid = NORM(npho, torch.zeros_like(npho))
-    hidden = random_masking(valid, 0.5)
+    hidden = random_masking(valid, masking(0.5))
     assert hidden.sum() == (geo.N_SENSORS - 100) // 2 and not hidden[0, :100].any()
 
 
@@ -119,8 +137,8 @@ def test_mask_ratio_scale_prefers_sensors_with_a_valid_time():
     _x, valid = fake_event_batch(8, dead_fraction=0.0)
     timed = valid[..., 1]
     gen = torch.Generator().manual_seed(3)
-    plain = random_masking(valid, 0.3, 1.0, gen)
-    biased = random_masking(valid, 0.3, 3.0, gen)
+    plain = random_masking(valid, masking(0.3), gen)
+    biased = random_masking(valid, masking(0.3, 3.0), gen)
     share = lambda h: (h & timed).sum() / h.sum()  # noqa: E731
     assert share(biased) > share(plain) + 0.1
     assert biased.sum() == plain.sum()
@@ -180,8 +198,7 @@ def test_a_whole_dead_face_gives_finite_outputs_and_loss(face):
 
 def test_encoder_keys_start_with_encoder():
     keys = tiny().state_dict().keys()
-    encoder_keys = set(XECEncoder(NORM, encoder_dim=128, dim_feedforward=256, num_fusion_layers=1,
-                                  num_heads=4).state_dict())
+    encoder_keys = set(XECEncoder(NORM, EncoderConfig(size="tiny")).state_dict())
     assert {k.removeprefix("encoder.") for k in keys if k.startswith("encoder.")} == encoder_keys
     assert all(k.startswith(("encoder.", "decoders.")) for k in keys)
 

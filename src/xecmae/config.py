@@ -9,15 +9,19 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
-from xecmae.detector.geometry import outer_grid_shape
 from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError
-from xecmae.models.priors import PRIOR_FIT_ITERATIONS
-from xecmae.sizes import MODEL_SIZES
+from xecmae.models.spec import (
+    InpainterModelConfig,
+    MAEModelConfig,
+    RegressorModelConfig,
+    Spec,
+    Task,
+    TimeMaskRatioScale,
+)
 
-Channel = Literal["npho", "time"]
 PathSpec = str | list[str] | None
 LossName = Literal["smooth_l1", "mse", "l1", "huber"]
 RegressionLossName = Literal["smooth_l1", "mse", "l1", "huber", "gaussian_nll"]
@@ -29,7 +33,7 @@ class ConfigError(UserError, ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = Spec.model_config  # the models' rules: unknown keys refused, assignments validated
 
 
 # --- sections --------------------------------------------------------------------------------
@@ -72,57 +76,9 @@ class NormalizationConfig(Section):
     sentinel_time: float = -1.0
 
 
-class EncoderConfig(Section):
-    size: Literal["tiny", "small", "base"] = "base"
-    """Named size; any of the dimensions below given explicitly overrides it."""
-    encoder_dim: int | None = None
-    dim_feedforward: int | None = None
-    num_fusion_layers: Annotated[int, Field(gt=0)] | None = None
-    num_heads: Annotated[int, Field(gt=0)] | None = None
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    outer_mode: Literal["finegrid", "split"] = "finegrid"
-    outer_fine_pool: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
-
-    @field_validator("encoder_dim")
-    @classmethod
-    def _multiple_of_32(cls, value: int | None) -> int | None:
-        if value is not None and (value <= 0 or value % 32):
-            raise ValueError(f"must be a positive multiple of 32 (the ConvNeXt width is encoder_dim / 32), got {value}")
-        return value
-
-    @field_validator("outer_fine_pool")
-    @classmethod
-    def _pool_divides(cls, value):
-        if value is not None:
-            outer_grid_shape(tuple(value))
-        return value
-
-    @model_validator(mode="after")
-    def _resolve_size(self):
-        for key, value in MODEL_SIZES[self.size].items():
-            if key in type(self).model_fields and getattr(self, key) is None:
-                object.__setattr__(self, key, value)
-        if self.encoder_dim % self.num_heads:
-            raise ValueError(f"encoder_dim {self.encoder_dim} is not divisible by num_heads {self.num_heads}")
-        return self
-
-
-class MAEModelConfig(EncoderConfig):
-    decoder_dim: Annotated[int, Field(gt=0)] | None = None
-    mask_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.6
-    predict_channels: list[Channel] = ["npho", "time"]
-
-    @field_validator("predict_channels")
-    @classmethod
-    def _channels(cls, value: list[str]) -> list[str]:
-        if "npho" not in value or len(set(value)) != len(value):
-            raise ValueError('must be ["npho"] or ["npho", "time"]')
-        return [c for c in ("npho", "time") if c in value]
-
-
 class TimeConfig(Section):
     weight: Annotated[float, Field(ge=0)] = 1.0
-    mask_ratio_scale: Annotated[float, Field(gt=0)] = 1.0
+    mask_ratio_scale: TimeMaskRatioScale = 1.0
     """> 1 makes sensors with a valid time proportionally more likely to be hidden."""
     use_npho_weight: bool = True
     """Weight the time loss by sqrt(npho): bright sensors have better timing."""
@@ -251,26 +207,6 @@ class MAEConfig(RunConfig):
 
 
 # --- the inpainter: the MAE's architecture, fine-tuned to fill a few missing sensors ----------------
-class InpainterModelConfig(MAEModelConfig):
-    mask_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.05
-    freeze_encoder: bool = False
-    refine: bool = True
-    """Predict a learned correction to a classical estimate from the visible sensors (``prior``),
-    from the decoders' output, the visible neighbourhood and the estimate; false = the plain MAE
-    decoders."""
-    prior: Literal["neighbour", "solid_angle"] = "neighbour"
-    """The estimate the refiners correct (needs refine): the neighbour average, or the solid-angle
-    weighted neighbour average around a point source fitted to the visible sensors."""
-    prior_fit_iterations: Annotated[int, Field(ge=0, le=30)] = PRIOR_FIT_ITERATIONS
-    """Levenberg-Marquardt steps of the solid-angle prior's source from the light centroid."""
-
-    @model_validator(mode="after")
-    def _prior_needs_refine(self):
-        if self.prior != "neighbour" and not self.refine:
-            raise ValueError(f"prior {self.prior!r} needs refine: true (the plain decoders use no prior)")
-        return self
-
-
 class InpainterTrainingConfig(TrainingConfig):
     encoder_lr: Annotated[float, Field(ge=0)] | None = None
     """Learning rate of the encoder (null = training.lr); ignored when the encoder is frozen."""
@@ -285,35 +221,6 @@ class InpainterConfig(RunConfig):
 
 
 # --- the regressor ----------------------------------------------------------------------------------
-TASKS = ("angle", "energy", "timing", "position")
-Task = Literal["angle", "energy", "timing", "position"]
-
-
-class RegressorModelConfig(EncoderConfig):
-    tasks: list[Task] = ["position", "energy"]
-    head_hidden: Annotated[int, Field(gt=0)] = 256
-    freeze_encoder: bool = False
-    head: Literal["tokens", "maps"] = "tokens"
-    """tokens: an MLP on the six fused face tokens (the specification's head); maps: attention pooling over
-    every face's feature map before pooling, and a soft-argmax on the inner face for u, v."""
-    map_dim: Annotated[int, Field(gt=0, multiple_of=16)] = 64
-    """Width of the maps head's keys and queries (head: maps), in attention heads of 16."""
-    classical_input: Literal["none", "centroid"] = "none"
-    """centroid: the light-weighted centroid of the brightest sensors and log total npho as extra head inputs."""
-
-    @field_validator("classical_input", mode="before")
-    @classmethod
-    def _none_spelled_out(cls, value):
-        return "none" if value is None else value  # --classical_input none arrives as null
-
-    @field_validator("tasks")
-    @classmethod
-    def _tasks(cls, value: list[str]) -> list[str]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError(f"give one or more distinct tasks of {', '.join(TASKS)}")
-        return value
-
-
 class TimeInputConfig(Section):
     npho_threshold: Annotated[float, Field(ge=0)] = 100.0
     """Photons below which a sensor's time is invalid input."""

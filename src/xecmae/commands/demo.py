@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 DEMO = {
     "data": {"batch_size": 32, "chunksize": 512, "num_workers": 1, "num_threads": 1, "shuffle_buffer": 2048},
-    "model": {"size": "tiny", "mask_ratio": 0.6},
+    "model": {"size": "tiny"},
     "training": {"epochs": 6, "lr": 2e-3, "warmup_epochs": 0.5, "lr_min": 1e-4, "seed": 1,
                  "track_metrics": True, "track_mae_rmse": True, "log_interval": 10},
     "checkpoint": {"run_name": "mae_tiny", "overwrite": True, "save_predictions": True,

@@ -14,6 +14,7 @@ from xecmae.detector.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
 from xecmae.detector.normalize import Normalizer
 from xecmae.models.blocks import ChannelsFirstLayerNorm, ConvNeXtBlock, HexNeXtBlock
 from xecmae.models.faces import INPUT_CHANNELS, FaceMapper
+from xecmae.models.spec import EncoderConfig
 
 HEX_DIM = 96
 TOKEN_GRID = 4  # every grid face is pooled to 4 x 4 before flattening
@@ -69,24 +70,22 @@ class XECEncoder(nn.Module):
     """Sensors -> six face tokens: (B, 4760, 2) values + validity -> (B, 6, encoder_dim).
 
     Inputs the model must not see (dead, dim-time or hidden by masking) carry the sentinels
-    *and* a missing flag per channel, so the encoder always knows what is hidden.
+    *and* a missing flag per channel, so the encoder always knows what is hidden. The shape comes
+    whole from ``spec`` (any :class:`~xecmae.models.spec.EncoderConfig`, e.g. a model section).
     """
 
-    def __init__(self, normalizer: Normalizer, encoder_dim: int = 1024, dim_feedforward: int | None = None,
-                 num_fusion_layers: int = 2, num_heads: int = 8, dropout: float = 0.1,
-                 outer_mode: str = "finegrid", outer_fine_pool: tuple[int, int] | None = None):
+    def __init__(self, normalizer: Normalizer, spec: EncoderConfig):
         super().__init__()
-        if encoder_dim <= 0 or encoder_dim % 32:
-            raise ValueError(f"encoder_dim must be a positive multiple of 32, got {encoder_dim}")
+        encoder_dim = spec.encoder_dim  # a positive multiple of 32, resolved from spec.size (checked there)
         self.encoder_dim = encoder_dim
-        self.faces = FaceMapper(normalizer, outer_mode, outer_fine_pool)
+        self.faces = FaceMapper(normalizer, spec)
         self.backbones = nn.ModuleDict({face: ConvNeXtFaceEncoder(encoder_dim) for face in RECT_FACES})
         self.backbones.update({face: HexNeXtFaceEncoder(encoder_dim) for face in HEX_FACES})
         self.face_embedding = nn.Parameter(torch.zeros(1, len(FACE_NAMES), encoder_dim))
         nn.init.trunc_normal_(self.face_embedding, std=0.02)
-        layer = nn.TransformerEncoderLayer(encoder_dim, num_heads, dim_feedforward or 4 * encoder_dim, dropout,
+        layer = nn.TransformerEncoderLayer(encoder_dim, spec.num_heads, spec.dim_feedforward, spec.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
-        self.fusion = nn.TransformerEncoder(layer, num_fusion_layers, enable_nested_tensor=False)
+        self.fusion = nn.TransformerEncoder(layer, spec.num_fusion_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(encoder_dim)
         self.to(memory_format=torch.channels_last)
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from xecmae.detector import geometry as geo
 from xecmae.detector.normalize import Normalizer
+from xecmae.models.spec import EncoderConfig
 
 INPUT_CHANNELS = 4  # npho, time, npho missing, time missing
 
@@ -30,16 +31,16 @@ def outer_pool(outer_mode: str, outer_fine_pool: tuple[int, int] | None) -> tupl
 class FaceMapper(nn.Module):
     """Gathers per-sensor features into face tensors and scatters face predictions back."""
 
-    def __init__(self, normalizer: Normalizer, outer_mode: str = "finegrid",
-                 outer_fine_pool: tuple[int, int] | None = None):
+    def __init__(self, normalizer: Normalizer, spec: EncoderConfig):
+        """The outer face's grid from ``spec.outer_mode`` and ``spec.outer_fine_pool``."""
         super().__init__()
         self.normalizer = normalizer
-        self.outer = geo.OuterGrid(outer_pool(outer_mode, outer_fine_pool))
+        self.pool = outer_pool(spec.outer_mode, spec.outer_fine_pool)
+        self.outer = geo.OuterGrid(self.pool)
         for face, ids in (("inner", geo.inner_map()), ("us", geo.lateral_map("us")),
                           ("ds", geo.lateral_map("ds")), ("top", geo.hex_ids("top")),
                           ("bottom", geo.hex_ids("bottom")), ("outer_fine", geo.outer_fine_map())):
             self.register_buffer(f"ids_{face}", torch.tensor(ids.ravel()), persistent=False)
-        self.pool = outer_pool(outer_mode, outer_fine_pool)
         self.shapes: dict[str, tuple[int, ...]] = {
             "inner": geo.INNER_SHAPE, "us": geo.LATERAL_SHAPE, "ds": geo.LATERAL_SHAPE,
             "outer": self.outer.shape, "top": (73,), "bottom": (73,),

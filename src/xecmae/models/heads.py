@@ -25,6 +25,7 @@ from xecmae.detector.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
 from xecmae.detector.normalize import Normalizer
 from xecmae.models.encoder import HEX_DIM
 from xecmae.models.faces import outer_pool
+from xecmae.models.spec import EncoderConfig, RegressorModelConfig
 
 LOG_VAR_RANGE = (-14.0, 6.0)
 """Bounds of a predicted log-variance in scaled target units (sigma from 1e-3 to 20 target scales)."""
@@ -62,10 +63,9 @@ def stage2_centres(positions: np.ndarray) -> torch.Tensor:
     return grid[0].flatten(1).T.float()  # (H' W', 3)
 
 
-def key_positions(outer_mode: str = "finegrid", outer_fine_pool: tuple[int, int] | None = None
-                  ) -> dict[str, torch.Tensor]:
+def key_positions(spec: EncoderConfig) -> dict[str, torch.Tensor]:
     """Position (cm) of every position a :class:`MapHeads` attends to, per face: (N_face, 3)."""
-    inputs = _face_input_positions(outer_mode, outer_fine_pool)
+    inputs = _face_input_positions(spec.outer_mode, spec.outer_fine_pool)
     out = {face: stage2_centres(inputs[face]) for face in RECT_FACES}
     out |= {face: torch.tensor(inputs[face], dtype=torch.float32) for face in HEX_FACES}
     return out
@@ -128,18 +128,19 @@ class AttentionPool(nn.Module):
 class MapHeads(nn.Module):
     """Per-face feature maps + fused tokens -> {task: (B, out)} scaled targets (and log-variances).
 
-    ``outputs`` is each task's output width (its target size, twice that with a log-variance);
+    ``spec`` gives the widths (``encoder_dim``, ``head_hidden``, ``map_dim``) and the outer grid; ``outputs``
+    is each task's output width (its target size, twice that with a log-variance); ``extra`` the classical inputs;
     ``position_scale`` the scale (cm) of the position target's u and v, so the soft-argmax's
     expectation in cm is added in the target's own units.
     """
 
-    def __init__(self, encoder_dim: int, outputs: Mapping[str, int], *, hidden: int = 256, map_dim: int = 64,
-                 extra: int = 0, position_scale: tuple[float, float] = (10.0, 10.0), outer_mode: str = "finegrid",
-                 outer_fine_pool: tuple[int, int] | None = None):
+    def __init__(self, spec: RegressorModelConfig, outputs: Mapping[str, int], *, extra: int,
+                 position_scale: tuple[float, ...]):
         super().__init__()
         self.tasks = tuple(outputs)
+        encoder_dim, hidden, map_dim = spec.encoder_dim, spec.head_hidden, spec.map_dim
         grid_channels = 2 * (encoder_dim // 32)  # ConvNeXt stage-2 width
-        positions = key_positions(outer_mode, outer_fine_pool)
+        positions = key_positions(spec)
         for face in FACE_NAMES:
             self.register_buffer(f"pos_{face}", positions[face] / POSITION_SCALE_CM, persistent=False)
         inner_uvw = geo.xyz_to_uvw(positions["inner"])  # (H' W', 3) cm

@@ -13,7 +13,8 @@ from xecmae.models.decoders import FaceDecoder, GraphFaceDecoder, GridRefiner, H
 from xecmae.models.encoder import EncoderModel, XECEncoder
 from xecmae.models.faces import INPUT_CHANNELS
 from xecmae.models.masking import hide, random_masking
-from xecmae.models.priors import PRIOR_FIT_ITERATIONS, PRIORS, classical_prior
+from xecmae.models.priors import classical_prior
+from xecmae.models.spec import InpainterModelConfig, MAEModelConfig, MaskingSpec
 
 
 @dataclass
@@ -24,34 +25,32 @@ class MAEOutput:
 
 
 class XEC_MAE(EncoderModel):
-    """Masked autoencoder over the 4760 sensors; the loss lives in :mod:`xecmae.train.losses`."""
+    """Masked autoencoder over the 4760 sensors; the loss lives in :mod:`xecmae.train.losses`.
 
-    def __init__(self, normalizer: Normalizer, *, encoder_dim: int = 1024, decoder_dim: int = 128,
-                 dim_feedforward: int | None = None, num_fusion_layers: int = 2, num_heads: int = 8,
-                 dropout: float = 0.1, outer_mode: str = "finegrid", outer_fine_pool: tuple[int, int] | None = None,
-                 predict_channels: tuple[str, ...] = ("npho", "time"), mask_ratio: float = 0.6,
-                 time_mask_ratio_scale: float = 1.0, auto_channel_weight: bool = False,
-                 freeze_encoder: bool = False, refine: bool = False, prior: str = "neighbour",
-                 prior_fit_iterations: int = PRIOR_FIT_ITERATIONS):
+    ``spec`` is the model section whole: the encoder's shape, ``decoder_dim`` and the predicted
+    channels; an :class:`~xecmae.models.spec.InpainterModelConfig` adds the refiners over a
+    classical prior and may freeze the encoder. ``masking`` says how many sensors are hidden and
+    which (the model reads the ratio there only; :func:`masking_spec` takes it from the section);
+    ``auto_channel_weight`` (``training.auto_channel_weight``) adds one learned
+    log-variance per predicted channel.
+    """
+
+    def __init__(self, normalizer: Normalizer, spec: MAEModelConfig, masking: MaskingSpec, *,
+                 auto_channel_weight: bool = False):
         super().__init__()
-        if prior not in PRIORS:
-            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
-        if tuple(predict_channels) not in (("npho",), ("npho", "time")):
-            raise ValueError(f"predict_channels must be ['npho'] or ['npho', 'time'], got {list(predict_channels)}")
-        if not 0 < mask_ratio < 1:
-            raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
+        inpainter = spec if isinstance(spec, InpainterModelConfig) else None
+        refine = inpainter is not None and inpainter.refine
         self.normalizer = normalizer
-        self.predict_channels = tuple(predict_channels)
-        self.mask_ratio = mask_ratio
-        self.time_mask_ratio_scale = time_mask_ratio_scale
-        self.prior, self.prior_fit_iterations = prior, int(prior_fit_iterations)
-        self.encoder = XECEncoder(normalizer, encoder_dim, dim_feedforward, num_fusion_layers, num_heads, dropout,
-                                  outer_mode, outer_fine_pool)
+        self.masking = masking
+        self.predict_channels = tuple(spec.predict_channels)
+        self.prior = inpainter.prior if inpainter else None  # used by the refiners only
+        self.prior_fit_iterations = inpainter.prior_fit_iterations if inpainter else 0
+        self.encoder = XECEncoder(normalizer, spec)
         channels = len(self.predict_channels)
         shapes = self.encoder.faces.shapes
-        self.decoders = nn.ModuleDict(
-            {face: FaceDecoder(encoder_dim, decoder_dim, channels, shapes[face]) for face in RECT_FACES})
-        self.decoders.update({face: GraphFaceDecoder(encoder_dim, decoder_dim, channels) for face in HEX_FACES})
+        dims = spec.encoder_dim, spec.decoder_dim
+        self.decoders = nn.ModuleDict({face: FaceDecoder(*dims, channels, shapes[face]) for face in RECT_FACES})
+        self.decoders.update({face: GraphFaceDecoder(*dims, channels) for face in HEX_FACES})
         # the inpainter: a learned correction to a classical estimate from the visible sensors (the prior)
         self.refiners = nn.ModuleDict(
             {face: GridRefiner(channels, INPUT_CHANNELS) for face in RECT_FACES}
@@ -60,10 +59,15 @@ class XEC_MAE(EncoderModel):
         self.channel_log_var = nn.Parameter(torch.zeros(channels)) if auto_channel_weight else None
         # the face tensors are channels-last; kernels stored the same way get matching gradient layouts
         self.to(memory_format=torch.channels_last)
-        self.set_encoder_frozen(freeze_encoder)  # the inpainter may train its decoders only
+        self.set_encoder_frozen(inpainter is not None and inpainter.freeze_encoder)  # may train the decoders only
+
+    @property
+    def mask_ratio(self) -> float:
+        """Read-only here: a new ratio goes to ``masking.mask_ratio``, where it is checked."""
+        return self.masking.mask_ratio
 
     def random_masking(self, valid: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return random_masking(valid, self.mask_ratio, self.time_mask_ratio_scale, generator)
+        return random_masking(valid, self.masking, generator)
 
     def forward_encoder(self, x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         norm = self.normalizer
@@ -103,18 +107,14 @@ class XEC_MAE(EncoderModel):
                                self.prior_fit_iterations)
 
 
+def masking_spec(cfg) -> MaskingSpec:
+    """The masking of an MAE or inpainter run: ``model.mask_ratio`` and ``training.time.mask_ratio_scale``."""
+    return MaskingSpec(mask_ratio=cfg.model.mask_ratio, time_mask_ratio_scale=cfg.training.time.mask_ratio_scale)
+
+
 def build_mae(cfg) -> XEC_MAE:
-    """The MAE described by a :class:`xecmae.config.MAEConfig`."""
-    m = cfg.model
-    return XEC_MAE(cfg.normalizer(), encoder_dim=m.encoder_dim, decoder_dim=m.decoder_dim,
-                   dim_feedforward=m.dim_feedforward, num_fusion_layers=m.num_fusion_layers, num_heads=m.num_heads,
-                   dropout=m.dropout, outer_mode=m.outer_mode, outer_fine_pool=m.outer_fine_pool,
-                   predict_channels=tuple(m.predict_channels), mask_ratio=m.mask_ratio,
-                   time_mask_ratio_scale=cfg.training.time.mask_ratio_scale,
-                   auto_channel_weight=cfg.training.auto_channel_weight,
-                   freeze_encoder=getattr(m, "freeze_encoder", False), refine=getattr(m, "refine", False),
-                   prior=getattr(m, "prior", "neighbour"),
-                   prior_fit_iterations=getattr(m, "prior_fit_iterations", PRIOR_FIT_ITERATIONS))
+    """The MAE (or inpainter) of a :class:`xecmae.config.MAEConfig` or :class:`~xecmae.config.InpainterConfig`."""
+    return XEC_MAE(cfg.normalizer(), cfg.model, masking_spec(cfg), auto_channel_weight=cfg.training.auto_channel_weight)
 
 
 def parameter_summary(model: nn.Module) -> str:

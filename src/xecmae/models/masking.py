@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import torch
 
+from xecmae.models.spec import MaskingSpec
 
-def random_masking(valid: torch.Tensor, mask_ratio: float, time_ratio_scale: float = 1.0,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+
+def random_masking(valid: torch.Tensor, masking: MaskingSpec, generator: torch.Generator | None = None) -> torch.Tensor:
     """Choose the sensors to hide: (B, N, 2) validity -> (B, N) bool, True = hidden.
 
     Only sensors with a valid npho can be hidden (a dead sensor has no ground truth); each event
-    hides ``int(n_valid * mask_ratio)`` of them. With ``time_ratio_scale`` s > 1 a sensor with a
+    hides ``int(n_valid * masking.mask_ratio)`` of them. With ``masking.time_mask_ratio_scale`` s > 1 a sensor with a
     valid time is s times as likely to be drawn (weighted sampling without replacement: the
     smallest keys ``Exp(1) / weight`` win).
     """
-    maskable = valid[..., 0]
-    n_hide = (maskable.sum(dim=1).double() * mask_ratio).floor().long()  # (B,), as Python's int()
+    maskable, scale = valid[..., 0], masking.time_mask_ratio_scale
+    n_hide = (maskable.sum(dim=1).double() * masking.mask_ratio).floor().long()  # (B,), as Python's int()
     uniform = torch.rand(maskable.shape, generator=generator, device=valid.device)
     key = -torch.log1p(-uniform)  # Exp(1), finite
-    if time_ratio_scale != 1.0:
-        key = torch.where(valid[..., 1], key / time_ratio_scale, key)
+    if scale != 1.0:
+        key = torch.where(valid[..., 1], key / scale, key)
     key = torch.where(maskable, key, torch.inf)
     order = key.argsort(dim=1)
     rank_hidden = torch.arange(maskable.shape[1], device=valid.device) < n_hide[:, None]  # (B, N) by rank

@@ -19,6 +19,7 @@ from xecmae.detector.normalize import Normalizer
 from xecmae.models.encoder import EncoderModel, XECEncoder
 from xecmae.models.heads import CLASSICAL_FEATURES, CentroidEstimate, MapHeads, bounded_log_var
 from xecmae.models.precision import in_fp32
+from xecmae.models.spec import RegressorModelConfig
 
 
 @dataclass(frozen=True)
@@ -77,33 +78,24 @@ class RegressionHead(nn.Module):
 class XECRegressor(EncoderModel):
     """Encoder + heads: (B, 4760, 2) values and validity -> {task: (B, size) scaled targets}."""
 
-    def __init__(self, normalizer: Normalizer, tasks: tuple[str, ...], *, head_hidden: int = 256,
-                 freeze_encoder: bool = False, head: str = "tokens", map_dim: int = 64, classical_input: str = "none",
-                 gaussian_tasks: tuple[str, ...] = (), **encoder_kwargs):
+    def __init__(self, normalizer: Normalizer, spec: RegressorModelConfig, *, gaussian_tasks: tuple[str, ...] = ()):
+        """``spec``: the model section whole (the encoder's shape, the tasks and their heads);
+        ``gaussian_tasks``: the tasks trained with ``gaussian_nll``, which also predict a log-variance."""
         super().__init__()
-        unknown = set(tasks) - set(TASK_TARGETS)
-        if unknown or not tasks:
-            raise ValueError(f"unknown task(s) {sorted(unknown)}; choose from {', '.join(TASK_TARGETS)}")
-        if head not in ("tokens", "maps") or classical_input not in ("none", "centroid"):
-            raise ValueError(f"head must be tokens or maps ({head!r}), classical_input none or centroid "
-                             f"({classical_input!r})")
-        self.tasks = tuple(tasks)
+        self.tasks = tuple(spec.tasks)
         self.gaussian_tasks = tuple(t for t in self.tasks if t in gaussian_tasks)
-        self.head_kind = head
+        self.head_kind = spec.head
         self.normalizer = normalizer
-        self.encoder = XECEncoder(normalizer, **encoder_kwargs)
-        dim = self.encoder.encoder_dim
-        extra = CLASSICAL_FEATURES if classical_input == "centroid" else 0
+        self.encoder = XECEncoder(normalizer, spec)
+        dim, hidden = spec.encoder_dim, spec.head_hidden
+        extra = CLASSICAL_FEATURES if spec.classical_input == "centroid" else 0
         self.classical = CentroidEstimate(normalizer) if extra else None
         outputs = {t: TASK_TARGETS[t].size * (2 if t in self.gaussian_tasks else 1) for t in self.tasks}
-        if head == "tokens":
-            self.heads = nn.ModuleDict({t: RegressionHead(dim, head_hidden, outputs[t], extra) for t in self.tasks})
+        if spec.head == "tokens":
+            self.heads = nn.ModuleDict({t: RegressionHead(dim, hidden, outputs[t], extra) for t in self.tasks})
         else:
-            self.heads = MapHeads(dim, outputs, hidden=head_hidden, map_dim=map_dim, extra=extra,
-                                  position_scale=TASK_TARGETS["position"].scale[:2],
-                                  outer_mode=encoder_kwargs.get("outer_mode", "finegrid"),
-                                  outer_fine_pool=encoder_kwargs.get("outer_fine_pool"))
-        self.set_encoder_frozen(freeze_encoder)
+            self.heads = MapHeads(spec, outputs, extra=extra, position_scale=TASK_TARGETS["position"].scale[:2])
+        self.set_encoder_frozen(spec.freeze_encoder)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         extra = None if self.classical is None else self.classical(x, valid)  # (B, 5)
@@ -126,10 +118,4 @@ class XECRegressor(EncoderModel):
 
 def build_regressor(cfg) -> XECRegressor:
     """The regressor described by a :class:`xecmae.config.RegressorConfig`."""
-    m = cfg.model
-    return XECRegressor(cfg.normalizer(), tuple(m.tasks), head_hidden=m.head_hidden, freeze_encoder=m.freeze_encoder,
-                        head=m.head, map_dim=m.map_dim, classical_input=m.classical_input,
-                        gaussian_tasks=cfg.gaussian_tasks(), encoder_dim=m.encoder_dim,
-                        dim_feedforward=m.dim_feedforward, num_fusion_layers=m.num_fusion_layers,
-                        num_heads=m.num_heads, dropout=m.dropout,
-                        outer_mode=m.outer_mode, outer_fine_pool=m.outer_fine_pool)
+    return XECRegressor(cfg.normalizer(), cfg.model, gaussian_tasks=cfg.gaussian_tasks())

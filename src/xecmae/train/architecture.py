@@ -22,10 +22,13 @@ import torch
 from xecmae.config import ConfigError, RunConfig
 from xecmae.configload import validate
 from xecmae.errors import UserError
+from xecmae.models.spec import EncoderConfig, shape_keys
+from xecmae.sizes import MODEL_SIZES
 
 log = logging.getLogger(__name__)
 
-ENCODER_KEYS = ("encoder_dim", "dim_feedforward", "num_fusion_layers", "num_heads", "outer_mode", "outer_fine_pool")
+ENCODER_KEYS = shape_keys(EncoderConfig)
+"""The encoder's fields that change its weights (marked in :class:`~xecmae.models.spec.EncoderConfig`)."""
 OUR_ENCODER_PARTS = ("backbones.", "face_embedding", "fusion.", "norm.")
 """First components of xecmae's encoder parameter names (after ``encoder.``)."""
 STATE_KEYS = ("model_state_dict", "state_dict", "model")
@@ -102,7 +105,7 @@ def with_architecture(cfg: RunConfig, saved: dict[str, Any], path: str) -> RunCo
             continue
         if key in explicit:
             problems.append(f"model.{key}: checkpoint {_plain(theirs)!r}, configuration {_plain(ours)!r}")
-        elif "size" in explicit and key in ("encoder_dim", "dim_feedforward", "num_fusion_layers", "num_heads"):
+        elif "size" in explicit and key in MODEL_SIZES[model.size]:
             problems.append(f"model.{key}: checkpoint {_plain(theirs)!r}, configuration {_plain(ours)!r} "
                             f"(from model.size {model.size!r})")
         else:

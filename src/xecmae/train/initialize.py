@@ -15,13 +15,15 @@ import torch
 from torch import nn
 
 from xecmae.config import ConfigError, RunConfig
+from xecmae.models.spec import shape_keys
 from xecmae.train.architecture import ENCODER_KEYS, checkpoint_kind
 
 log = logging.getLogger(__name__)
 
 
-RESUME_KEYS = ("size", *ENCODER_KEYS, "decoder_dim", "predict_channels", "tasks", "head", "map_dim",
-               "classical_input")
+def resume_keys(cfg: RunConfig) -> tuple[str, ...]:
+    """The model keys a run must share with the checkpoint it continues: its spec's state-dict fields, and size."""
+    return ("size", *shape_keys(type(cfg.model)))
 
 
 def compatibility_problems(saved: dict, cfg: RunConfig, model_keys: tuple[str, ...] = ENCODER_KEYS) -> list[str]:
@@ -60,7 +62,7 @@ def check_compatible(saved: dict | None, cfg: RunConfig, path: str) -> None:
 
 def check_resumable(saved: dict | None, cfg: RunConfig, path: str) -> None:
     """Refuse to continue a run with another model or normalization: one line naming every difference."""
-    problems = compatibility_problems(saved or {}, cfg, RESUME_KEYS)
+    problems = compatibility_problems(saved or {}, cfg, resume_keys(cfg))
     if problems:
         raise ConfigError(f"{path} cannot be resumed with these settings (resume with the checkpoint's own, or "
                           f"start a new run): {'; '.join(problems)}")
