@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from xecmae.detector.geometry import outer_grid_shape
-from xecmae.detector.normalize import Normalizer
+from xecmae.detector.normalize import Normalizer, NphoThreshold
+from xecmae.detector.specs import spec_fields
 from xecmae.errors import UserError
 from xecmae.models.priors import PRIOR_FIT_ITERATIONS
 from xecmae.sizes import MODEL_SIZES, size_conflicts
@@ -69,14 +70,10 @@ class DataConfig(Section):
     val_max_events: Annotated[int, Field(gt=0)] | None = None
 
 
-class NormalizationConfig(Section):
-    npho_scheme: Literal["log1p", "anscombe", "sqrt", "linear"] = "log1p"
-    npho_scale: Annotated[float, Field(gt=0)] = 1000.0
-    npho_scale2: Annotated[float, Field(gt=0)] = 4.08
-    time_scale: Annotated[float, Field(gt=0)] = 1.14e-7
-    time_shift: float = -0.46
-    sentinel_npho: float = -1.0
-    sentinel_time: float = -1.0
+NormalizationConfig = create_model("NormalizationConfig", __base__=Section, __module__=__name__,
+                                   **spec_fields(Normalizer, exclude=("npho_threshold",)))
+"""The ``normalization`` section: the fields, defaults and checks of :class:`Normalizer` (less
+``npho_threshold``, whose key is ``training.time.npho_threshold``)."""
 
 
 class EncoderConfig(Section):
@@ -133,7 +130,7 @@ class TimeConfig(Section):
     """> 1 makes sensors with a valid time proportionally more likely to be hidden."""
     use_npho_weight: bool = True
     """Weight the time loss by sqrt(npho): bright sensors have better timing."""
-    npho_threshold: Annotated[float, Field(ge=0)] = 100.0
+    npho_threshold: NphoThreshold = Normalizer.npho_threshold
     """Photons below which a sensor's time is invalid (not input, not scored)."""
 
 
@@ -322,7 +319,7 @@ class RegressorModelConfig(EncoderConfig):
 
 
 class TimeInputConfig(Section):
-    npho_threshold: Annotated[float, Field(ge=0)] = 100.0
+    npho_threshold: NphoThreshold = Normalizer.npho_threshold
     """Photons below which a sensor's time is invalid input."""
 
 
@@ -392,6 +389,7 @@ SCHEMAS: dict[str, type[RunConfig]] = {"mae": MAEConfig, "inpainter": InpainterC
 
 
 def make_normalizer(norm: NormalizationConfig, npho_threshold: float) -> Normalizer:
+    """The normaliser of a ``normalization`` section and ``training.time.npho_threshold`` (photons)."""
     return Normalizer(**norm.model_dump(), npho_threshold=npho_threshold)
 
 
