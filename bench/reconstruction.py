@@ -53,7 +53,7 @@ from xecmae.apps.fill import load_inpainter
 from xecmae.commands import add_dead_channels_option
 from xecmae.config import InpainterConfig, validate
 from xecmae.data.deadchannels import dead_channels
-from xecmae.data.stream import make_loader
+from xecmae.data.loaders import make_loader
 from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import MAE_LAST, load_checkpoint
 from xecmae.train.inpaint import inpaint

@@ -8,6 +8,7 @@ nested homes, apply command-line overrides, validate against the schema.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import types
 import typing
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from xecmae.data.spec import StreamSpec
 from xecmae.detector.geometry import outer_grid_shape
 from xecmae.detector.normalize import Normalizer, NphoThreshold
 from xecmae.detector.specs import spec_fields
@@ -41,33 +43,41 @@ class Section(BaseModel):
 
 
 # --- sections --------------------------------------------------------------------------------
-class DataConfig(Section):
+STREAM_ONLY = ("even_steps",)
+"""StreamSpec fields that are no configuration key (the split decides them)."""
+
+
+class _DataInputs(Section):
     train_path: PathSpec = None
     """ROOT file, glob, directory, list, text file of paths, or a ``sim://`` source."""
     val_path: PathSpec = None
-    tree_name: str = "tree"
-    npho_branch: str = "npho"
-    time_branch: str = "relative_time"
-    batch_size: Annotated[int, Field(gt=0)] = 1024
-    chunksize: Annotated[int, Field(gt=0)] = 10000
-    """Events per file piece: files are cut into pieces of this size, which are shuffled and dealt
-    to ranks and workers (reads themselves are basket-aligned blocks of about 32 MB)."""
-    num_workers: Annotated[int, Field(ge=0)] = 2
-    num_threads: Annotated[int, Field(gt=0)] = 2
-    prefetch_factor: Annotated[int, Field(gt=0)] = 2
-    persistent_workers: bool = True
-    """Training DataLoader workers live for the whole run instead of being started every epoch
-    (each epoch's order stays the same); false = new workers every epoch."""
-    shuffle_buffer: Annotated[int, Field(ge=0)] = 20000
-    drop_last: bool = True
+
     @field_validator("train_path", "val_path")
     @classmethod
     def _single_path_as_string(cls, value: PathSpec) -> PathSpec:
         return value[0] if isinstance(value, list) and len(value) == 1 else value
 
-    max_events: Annotated[int, Field(gt=0)] | None = None
-    """Stop an epoch after this many training events (all ranks together); null = whole input."""
+
+class DataConfig(create_model("_DataStream", __base__=_DataInputs, __module__=__name__,
+                              **spec_fields(StreamSpec, exclude=STREAM_ONLY))):
+    """The ``data`` section: the inputs, the fields of :class:`~xecmae.data.spec.StreamSpec` (their
+    defaults and checks, documented there) and the keys of validation and of the loaders."""
+
+    persistent_workers: bool = True
+    """Training DataLoader workers live for the whole run instead of being started every epoch
+    (each epoch's order stays the same); false = new workers every epoch."""
     val_max_events: Annotated[int, Field(gt=0)] | None = None
+
+    def stream_spec(self, split: str) -> StreamSpec:
+        """The spec of a split: "train" as configured; "val" in file order, every event once (up to
+        ``val_max_events``), no even steps."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        spec = StreamSpec(**self.model_dump(include=set(spec_fields(StreamSpec, exclude=STREAM_ONLY))))
+        if split == "train":
+            return spec
+        return dataclasses.replace(spec, shuffle_buffer=0, drop_last=False, max_events=self.val_max_events,
+                                   even_steps=False)
 
 
 NormalizationConfig = create_model("NormalizationConfig", __base__=Section, __module__=__name__,
