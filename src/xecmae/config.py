@@ -8,7 +8,6 @@ nested homes, apply command-line overrides, validate against the schema.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import types
 import typing
@@ -19,7 +18,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from xecmae.data.spec import StreamSpec
+from xecmae.data.spec import NOT_CONFIGURED, StreamSpec
 from xecmae.detector.geometry import outer_grid_shape
 from xecmae.detector.normalize import Normalizer, NphoThreshold
 from xecmae.detector.specs import spec_fields
@@ -43,10 +42,6 @@ class Section(BaseModel):
 
 
 # --- sections --------------------------------------------------------------------------------
-STREAM_ONLY = ("even_steps",)
-"""StreamSpec fields that are no configuration key (the split decides them)."""
-
-
 class _DataInputs(Section):
     train_path: PathSpec = None
     """ROOT file, glob, directory, list, text file of paths, or a ``sim://`` source."""
@@ -59,7 +54,7 @@ class _DataInputs(Section):
 
 
 class DataConfig(create_model("_DataStream", __base__=_DataInputs, __module__=__name__,
-                              **spec_fields(StreamSpec, exclude=STREAM_ONLY))):
+                              **spec_fields(StreamSpec, exclude=NOT_CONFIGURED))):
     """The ``data`` section: the inputs, the fields of :class:`~xecmae.data.spec.StreamSpec` (their
     defaults and checks, documented there) and the keys of validation and of the loaders."""
 
@@ -69,15 +64,11 @@ class DataConfig(create_model("_DataStream", __base__=_DataInputs, __module__=__
     val_max_events: Annotated[int, Field(gt=0)] | None = None
 
     def stream_spec(self, split: str) -> StreamSpec:
-        """The spec of a split: "train" as configured; "val" in file order, every event once (up to
-        ``val_max_events``), no even steps."""
+        """The spec of a split: "train" as configured, "val" :meth:`~StreamSpec.for_validation`."""
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        spec = StreamSpec(**self.model_dump(include=set(spec_fields(StreamSpec, exclude=STREAM_ONLY))))
-        if split == "train":
-            return spec
-        return dataclasses.replace(spec, shuffle_buffer=0, drop_last=False, max_events=self.val_max_events,
-                                   even_steps=False)
+        spec = StreamSpec(**self.model_dump(include=set(spec_fields(StreamSpec, exclude=NOT_CONFIGURED))))
+        return spec if split == "train" else spec.for_validation(self.val_max_events)
 
 
 NormalizationConfig = create_model("NormalizationConfig", __base__=Section, __module__=__name__,

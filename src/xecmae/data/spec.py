@@ -7,12 +7,16 @@ the loader's own keys), so the stream's defaults are the configuration's;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from annotated_types import Ge, Gt
 
 from xecmae.detector.specs import check_fields
+
+
+NOT_CONFIGURED = ("even_steps",)
+"""Fields that are no key of the ``data`` section: the split decides them."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class StreamSpec:
 
     def __post_init__(self):
         check_fields(self)
+
+    def for_validation(self, max_events: int | None) -> StreamSpec:
+        """The same stream for validation: file order, every event once (up to ``max_events``), no even steps."""
+        return replace(self, shuffle_buffer=0, drop_last=False, max_events=max_events, even_steps=False)
 
     @property
     def shuffle(self) -> bool:
