@@ -45,8 +45,10 @@ import uproot
 from torch.utils.data import DataLoader
 
 from xecmae.data.fastnorm import count_bad
+from xecmae.data.pool import EventPool, normalize_blocks, segment_blocks
 from xecmae.data.rootio import ReadBuffers, expected_shapes, read_range, scan, write_tree
-from xecmae.data.stream import EventPool, XECStream, normalize_blocks, segment_blocks
+from xecmae.data.spec import StreamSpec
+from xecmae.data.stream import XECStream
 from xecmae.detector.geometry import N_SENSORS
 from xecmae.detector.normalize import Normalizer
 from xecmae.runtime import map_large_blocks
@@ -147,9 +149,9 @@ def bare_read(path: str, chunksize: int, threaded_source: bool = False) -> tuple
 
 def pipeline(path: str, args: argparse.Namespace, workers: int) -> tuple[float, float, float, float, int]:
     """Events/s, CPU us/event (workers included), peak tree RSS and PSS (MB), events, with ``workers`` workers."""
-    stream = XECStream(path, Normalizer(), batch_size=args.batch, chunksize=args.chunksize,
-                       shuffle_buffer=args.shuffle_buffer, num_threads=args.threads, num_workers=workers,
-                       drop_last=True, seed=1, loader_prefetch=2 if workers else None)
+    spec = StreamSpec(batch_size=args.batch, chunksize=args.chunksize, shuffle_buffer=args.shuffle_buffer,
+                      num_threads=args.threads, num_workers=workers, prefetch_factor=2, drop_last=True)
+    stream = XECStream(path, Normalizer(), spec, seed=1, recycle=workers > 0)
     loader = DataLoader(  # as make_loader builds it
         stream, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
         persistent_workers=False, worker_init_fn=map_large_blocks if workers else None)
@@ -170,7 +172,8 @@ def stage_costs(path: str, args: argparse.Namespace) -> dict[str, float]:
     buffer, normalization into a batch), each timed with this thread's CPU clock: what the
     pipeline must spend per event in sum, however it spreads the stages over threads.
     """
-    stream = XECStream(path, Normalizer(), batch_size=args.batch, chunksize=args.chunksize)
+    spec = StreamSpec(batch_size=args.batch, chunksize=args.chunksize, shuffle_buffer=0, num_threads=1, num_workers=0)
+    stream = XECStream(path, Normalizer(), spec, seed=1)
     info = scan(path, "tree", expected_shapes("npho", "relative_time", truth=False))
     branches = ["npho", "relative_time"]
     reads = read_range(path, "tree", branches, 0, info.entries, stream.read_events, info.boundaries, ReadBuffers(),

@@ -37,7 +37,7 @@ from xecmae.analysis.baselines import fit_point_source
 from xecmae.detector import geometry as geo
 from xecmae.detector.threads import single_thread
 from xecmae.simulate import EventGenerator
-from xecmae.train.finetune import half_width_68
+from xecmae.train.resolution import half_width_68
 
 W_MIN_CM = 2.0
 

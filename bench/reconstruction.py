@@ -54,7 +54,7 @@ from xecmae.commands import add_dead_channels_option
 from xecmae.config import InpainterConfig
 from xecmae.configload import validate
 from xecmae.data.deadchannels import dead_channels
-from xecmae.data.stream import make_loader
+from xecmae.data.loaders import make_loader
 from xecmae.models.spec import InpainterModelConfig, MAEModelConfig
 from xecmae.simulate import EventGenerator, write_root
 from xecmae.train.checkpoint import MAE_LAST, load_checkpoint

@@ -13,12 +13,11 @@ import pytest
 import uproot
 from torch.utils.data import DataLoader
 
-from test_data_stream import fake_events, write_events
+from test_data_stream import fake_events, stream, write_events
 from xecmae.cli import main
 from xecmae.data.rootio import DataError, write_tree
 from xecmae.data.stream import XECStream
 from xecmae.detector.geometry import N_SENSORS
-from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError
 
 
@@ -47,7 +46,8 @@ def _assert_one_line(err: str, *needles: str) -> None:
 
 
 def _stream(path, **kwargs) -> XECStream:
-    return XECStream(str(path), Normalizer(), **{"batch_size": 8, "chunksize": 32, **kwargs})
+    options = {"batch_size": 8, "chunksize": 32, "drop_last": True, "num_threads": 1, **kwargs}
+    return stream(path if isinstance(path, list) else str(path), **options)
 
 
 # --- one file per problem ---------------------------------------------------------------------------
@@ -180,8 +180,8 @@ def test_zero_entry_file_is_skipped_with_a_warning(tmp_path, caplog):
                                       "relative_time": np.dtype((np.float32, (N_SENSORS,)))})
     good = write_events(tmp_path / "b_good.root", 24)
     caplog.set_level(logging.WARNING, logger="xecmae.data.stream")
-    dataset = XECStream([str(empty), good], Normalizer(), batch_size=8, chunksize=32, drop_last=False)
+    dataset = _stream([str(empty), good], drop_last=False)
     assert sum(len(b["event"]) for b in dataset) == 24
     assert any(str(empty) in r.getMessage() and "no entries" in r.getMessage() for r in caplog.records)
     with pytest.raises(DataError, match="no events"):
-        XECStream(str(empty), Normalizer())
+        _stream(str(empty))

@@ -13,20 +13,13 @@ import uproot
 from torch.utils.data import DataLoader
 
 from xecmae.config import MAEConfig
+from xecmae.data.loaders import make_loader
+from xecmae.data.plan import Piece, deal, share_sizes, split_pieces, steps_per_epoch, worker_batches
+from xecmae.data.pool import EventPool
 from xecmae.data.rootio import TRUTH_SHAPES, read_steps, write_tree
 from xecmae.data.shared import storage_inode
-from xecmae.data.stream import (
-    EventPool,
-    Piece,
-    XECStream,
-    _read_ahead,
-    deal,
-    make_loader,
-    share_sizes,
-    split_pieces,
-    steps_per_epoch,
-    worker_batches,
-)
+from xecmae.data.spec import StreamSpec
+from xecmae.data.stream import XECStream, _read_ahead
 from xecmae.detector.geometry import N_SENSORS
 from xecmae.detector.normalize import Normalizer
 from xecmae.runtime import map_large_blocks
@@ -70,14 +63,19 @@ def files(tmp_path_factory) -> list[str]:
     return out
 
 
+STREAM_KEYWORDS = ("seed", "rank", "world_size", "epoch", "truth", "read_ahead", "recycle", "name")
+
+
 def stream(files, **kwargs) -> XECStream:
-    options = {"batch_size": 16, "chunksize": 40, "shuffle_buffer": 0, "drop_last": False, "num_threads": 2}
-    options.update(kwargs)
-    return XECStream(files, Normalizer(), **options)
+    """A stream over ``files``: keyword arguments are StreamSpec fields or XECStream keywords."""
+    options = {"batch_size": 16, "chunksize": 40, "shuffle_buffer": 0, "drop_last": False, "num_threads": 2,
+               "num_workers": 0, "seed": 0, **kwargs}
+    keywords = {key: options.pop(key) for key in STREAM_KEYWORDS if key in options}
+    return XECStream(files, Normalizer(), StreamSpec(**options), **keywords)
 
 
 def collect(dataset: XECStream, workers: int | None = None) -> list[dict[str, torch.Tensor]]:
-    workers = dataset.num_workers if workers is None else workers
+    workers = dataset.spec.num_workers if workers is None else workers
     return list(DataLoader(dataset, batch_size=None, num_workers=workers))
 
 
@@ -310,7 +308,8 @@ def test_make_loader_train_and_val(files):
     train = [make_loader(cfg, "train", rank=r, world_size=2, epoch=1) for r in range(2)]
     assert len(train[0]) == len(train[1]) > 0
     assert train[0].worker_init_fn is map_large_blocks  # workers forked from a training process
-    assert train[0].dataset.loader_prefetch == train[0].prefetch_factor == cfg.data.prefetch_factor
+    assert train[0].dataset.recycle
+    assert train[0].dataset.spec.prefetch_factor == train[0].prefetch_factor == cfg.data.prefetch_factor
     for loader in train:
         batches = list(loader)
         assert len(batches) == len(loader) and all(len(b["event"]) == 16 for b in batches)
@@ -326,8 +325,8 @@ def test_sim_source_streams_like_root_files():
     url = "sim://signal?seed=3&events=96"
     seen = []
     for rank in range(2):
-        dataset = XECStream(url, Normalizer(), batch_size=8, chunksize=16, drop_last=False, truth=True,
-                            rank=rank, world_size=2, num_workers=2, even_steps=False, num_threads=1)
+        dataset = stream(url, batch_size=8, chunksize=16, drop_last=False, truth=True,
+                         rank=rank, world_size=2, num_workers=2, even_steps=False, num_threads=1)
         batches = collect(dataset)
         assert len(batches) == len(dataset)
         for batch in batches:
@@ -336,15 +335,15 @@ def test_sim_source_streams_like_root_files():
         seen.append(events_of(batches))
     every = np.concatenate(seen)
     assert len(every) == 96 and len(np.unique(every)) == 96
-    one = next(iter(XECStream(url, Normalizer(), batch_size=8, chunksize=16, epoch=0)))
-    other = next(iter(XECStream(url, Normalizer(), batch_size=8, chunksize=16, epoch=1)))
+    one = next(iter(stream(url, batch_size=8, chunksize=16, drop_last=True, num_threads=1, epoch=0)))
+    other = next(iter(stream(url, batch_size=8, chunksize=16, drop_last=True, num_threads=1, epoch=1)))
     assert not torch.equal(one["x"], other["x"])
 
 
 @pytest.mark.parametrize("hold", [False, True])
 def test_worker_memory_is_recycled_only_once_the_caller_lets_go(files, hold):
     """Batches the caller keeps are never overwritten; the memory of dropped ones is used again."""
-    dataset = stream(files, shuffle_buffer=50, num_workers=1, loader_prefetch=2, drop_last=True)
+    dataset = stream(files, shuffle_buffer=50, num_workers=1, recycle=True, prefetch_factor=2, drop_last=True)
     inodes, kept, copies = [], [], []
     for batch in DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=2):
         inodes.append(storage_inode(batch["x"]))

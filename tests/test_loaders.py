@@ -5,8 +5,7 @@ import pytest
 
 from test_data_stream import SIZES, files  # noqa: F401 (the fixture)
 from xecmae.config import MAEConfig
-from xecmae.data.loaders import EpochLoader
-from xecmae.data.stream import make_loader
+from xecmae.data.loaders import EpochLoader, make_loader
 
 
 def config(files, **data):  # noqa: F811

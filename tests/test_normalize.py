@@ -78,3 +78,20 @@ def test_numpy_and_torch_agree():
 def test_unknown_scheme_is_rejected():
     with pytest.raises(ValueError, match="unknown npho_scheme"):
         Normalizer(npho_scheme="log2")
+
+
+def test_the_normalization_section_is_the_normalizer_spec():
+    """The YAML section has the normaliser's fields, defaults and checks (written once, in Normalizer)."""
+    from dataclasses import asdict
+
+    from xecmae.config import MAEConfig, NormalizationConfig
+
+    assert asdict(MAEConfig().normalizer()) == asdict(Normalizer())
+    assert set(NormalizationConfig.model_fields) == set(asdict(Normalizer())) - {"npho_threshold"}
+    for bad in ({"npho_scale": 0.0}, {"time_scale": -1e-9}, {"npho_scheme": "log2"}):
+        with pytest.raises(ValueError):
+            Normalizer(**bad)
+        with pytest.raises(ValueError):
+            NormalizationConfig(**bad)
+    with pytest.raises(ValueError, match="npho_threshold must be at least 0"):
+        Normalizer(npho_threshold=-1.0)

@@ -13,7 +13,7 @@ import torch
 
 from xecmae.config import RegressorConfig
 from xecmae.configload import validate
-from xecmae.data.stream import steps_per_epoch
+from xecmae.data.plan import steps_per_epoch
 from xecmae.errors import UserError
 from xecmae.models import build_mae
 from xecmae.train.budget import step_budget

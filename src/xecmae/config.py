@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, create_model, field_validator
 
-from xecmae.detector.normalize import Normalizer
+from xecmae.data.spec import NOT_CONFIGURED, StreamSpec
+from xecmae.detector.normalize import Normalizer, NphoThreshold
+from xecmae.detector.specs import spec_fields
 from xecmae.errors import UserError
 from xecmae.models.spec import (
     InpainterModelConfig,
@@ -37,43 +39,39 @@ class Section(BaseModel):
 
 
 # --- sections --------------------------------------------------------------------------------
-class DataConfig(Section):
+class _DataInputs(Section):
     train_path: PathSpec = None
     """ROOT file, glob, directory, list, text file of paths, or a ``sim://`` source."""
     val_path: PathSpec = None
-    tree_name: str = "tree"
-    npho_branch: str = "npho"
-    time_branch: str = "relative_time"
-    batch_size: Annotated[int, Field(gt=0)] = 1024
-    chunksize: Annotated[int, Field(gt=0)] = 10000
-    """Events per file piece: files are cut into pieces of this size, which are shuffled and dealt
-    to ranks and workers (reads themselves are basket-aligned blocks of about 32 MB)."""
-    num_workers: Annotated[int, Field(ge=0)] = 2
-    num_threads: Annotated[int, Field(gt=0)] = 2
-    prefetch_factor: Annotated[int, Field(gt=0)] = 2
-    persistent_workers: bool = True
-    """Training DataLoader workers live for the whole run instead of being started every epoch
-    (each epoch's order stays the same); false = new workers every epoch."""
-    shuffle_buffer: Annotated[int, Field(ge=0)] = 20000
-    drop_last: bool = True
+
     @field_validator("train_path", "val_path")
     @classmethod
     def _single_path_as_string(cls, value: PathSpec) -> PathSpec:
         return value[0] if isinstance(value, list) and len(value) == 1 else value
 
-    max_events: Annotated[int, Field(gt=0)] | None = None
-    """Stop an epoch after this many training events (all ranks together); null = whole input."""
+
+class DataConfig(create_model("_DataStream", __base__=_DataInputs, __module__=__name__,
+                              **spec_fields(StreamSpec, exclude=NOT_CONFIGURED))):
+    """The ``data`` section: the inputs, the fields of :class:`~xecmae.data.spec.StreamSpec` (their
+    defaults and checks, documented there) and the keys of validation and of the loaders."""
+
+    persistent_workers: bool = True
+    """Training DataLoader workers live for the whole run instead of being started every epoch
+    (each epoch's order stays the same); false = new workers every epoch."""
     val_max_events: Annotated[int, Field(gt=0)] | None = None
 
+    def stream_spec(self, split: str) -> StreamSpec:
+        """The spec of a split: "train" as configured, "val" :meth:`~StreamSpec.for_validation`."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        spec = StreamSpec(**self.model_dump(include=set(spec_fields(StreamSpec, exclude=NOT_CONFIGURED))))
+        return spec if split == "train" else spec.for_validation(self.val_max_events)
 
-class NormalizationConfig(Section):
-    npho_scheme: Literal["log1p", "anscombe", "sqrt", "linear"] = "log1p"
-    npho_scale: Annotated[float, Field(gt=0)] = 1000.0
-    npho_scale2: Annotated[float, Field(gt=0)] = 4.08
-    time_scale: Annotated[float, Field(gt=0)] = 1.14e-7
-    time_shift: float = -0.46
-    sentinel_npho: float = -1.0
-    sentinel_time: float = -1.0
+
+NormalizationConfig = create_model("NormalizationConfig", __base__=Section, __module__=__name__,
+                                   **spec_fields(Normalizer, exclude=("npho_threshold",)))
+"""The ``normalization`` section: the fields, defaults and checks of :class:`Normalizer` (less
+``npho_threshold``, whose key is ``training.time.npho_threshold``)."""
 
 
 class TimeConfig(Section):
@@ -82,7 +80,7 @@ class TimeConfig(Section):
     """> 1 makes sensors with a valid time proportionally more likely to be hidden."""
     use_npho_weight: bool = True
     """Weight the time loss by sqrt(npho): bright sensors have better timing."""
-    npho_threshold: Annotated[float, Field(ge=0)] = 100.0
+    npho_threshold: NphoThreshold = Normalizer.npho_threshold
     """Photons below which a sensor's time is invalid (not input, not scored)."""
 
 
@@ -222,7 +220,7 @@ class InpainterConfig(RunConfig):
 
 # --- the regressor ----------------------------------------------------------------------------------
 class TimeInputConfig(Section):
-    npho_threshold: Annotated[float, Field(ge=0)] = 100.0
+    npho_threshold: NphoThreshold = Normalizer.npho_threshold
     """Photons below which a sensor's time is invalid input."""
 
 
@@ -292,4 +290,5 @@ SCHEMAS: dict[str, type[RunConfig]] = {"mae": MAEConfig, "inpainter": InpainterC
 
 
 def make_normalizer(norm: NormalizationConfig, npho_threshold: float) -> Normalizer:
+    """The normaliser of a ``normalization`` section and ``training.time.npho_threshold`` (photons)."""
     return Normalizer(**norm.model_dump(), npho_threshold=npho_threshold)

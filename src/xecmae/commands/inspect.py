@@ -67,8 +67,8 @@ def describe_file(path: str, tree_name: str, branches: tuple[str, str], chunksiz
     """The report of one file: entries, branch types, invalid fractions per face."""
     from xecmae.config import make_normalizer
     from xecmae.data.fastnorm import count_bad
+    from xecmae.data.plan import EVENT_BYTES, READ_STEP_BYTES
     from xecmae.data.rootio import check_branches, get_tree, open_file, read_range
-    from xecmae.data.stream import EVENT_BYTES, READ_STEP_BYTES
     from xecmae.detector.geometry import FACE_NAMES, N_SENSORS, face_of_sensor
 
     with open_file(path) as file:

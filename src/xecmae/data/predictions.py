@@ -4,12 +4,14 @@
 branches ``truth_X``, ``masked_X``, ``pred_X``, ``error_X`` (pred - truth) for X in the predicted
 channels, plus ``mask`` (1 = hidden), ``valid_npho`` and ``valid_time`` (1 = the truth is a real
 value), all in normalized units; a one-entry TTree ``metadata`` has ``predict_channels``
-("npho" or "npho,time") and the normalization needed to convert back to photons and seconds.
+("npho" or "npho,time") and the fields of the :class:`~xecmae.detector.normalize.Normalizer`
+that convert back to photons and seconds.
 Files are written in chunks by :class:`xecmae.data.rootio.TreeWriter`, atomically.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,6 @@ TREE = "tree"
 METADATA = "metadata"
 SENSOR_ARRAY = np.dtype((np.float32, (N_SENSORS,)))
 CHUNK_EVENTS = 128  # ~2.4 MB per branch per basket
-METADATA_NUMBERS = ("npho_scale", "npho_scale2", "time_scale", "time_shift", "sentinel_npho", "sentinel_time",
-                    "npho_threshold")  # float64 each
 
 
 def branch_types(channels: tuple[str, ...]) -> dict[str, Any]:
@@ -74,8 +74,7 @@ class PredictionWriter(CloseOrAbort):
         """The last chunk, the metadata entry, then the file under its final name."""
         self.out.flush()
         norm = self.normalizer
-        self.out.write_metadata({"predict_channels": ",".join(self.channels), "npho_scheme": norm.npho_scheme,
-                                 **{k: float(getattr(norm, k)) for k in METADATA_NUMBERS},
+        self.out.write_metadata({"predict_channels": ",".join(self.channels), **normalizer_metadata(norm),
                                  "events": np.int64(self.out.entries)}, METADATA)
         return self.out.close()
 
@@ -94,8 +93,13 @@ def read_metadata(source: str | Path | uproot.ReadOnlyDirectory) -> dict[str, An
     return meta
 
 
+def normalizer_metadata(norm: Normalizer) -> dict[str, Any]:
+    """The normaliser's fields as metadata entries: the scheme a string, every other field float64."""
+    return {f.name: (value if isinstance(value := getattr(norm, f.name), str) else float(value))
+            for f in fields(Normalizer)}
+
+
 def normalizer_from_metadata(meta: dict[str, Any]) -> Normalizer:
-    return Normalizer(npho_scheme=str(meta["npho_scheme"]), npho_scale=meta["npho_scale"],
-                      npho_scale2=meta["npho_scale2"], time_scale=meta["time_scale"], time_shift=meta["time_shift"],
-                      sentinel_npho=meta["sentinel_npho"], sentinel_time=meta["sentinel_time"],
-                      npho_threshold=meta["npho_threshold"])
+    """The normaliser a prediction file was written with (its fields read back from the metadata)."""
+    values = {f.name: meta[f.name] for f in fields(Normalizer)}
+    return Normalizer(**values | {"npho_scheme": str(values["npho_scheme"])})

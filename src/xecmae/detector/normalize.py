@@ -11,12 +11,20 @@ Every function accepts numpy arrays or torch tensors and returns the same kind.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 
-NPHO_SCHEMES = ("log1p", "anscombe", "sqrt", "linear")
+from xecmae.detector.specs import check_fields
+
+NphoScheme = Literal["log1p", "anscombe", "sqrt", "linear"]
+NPHO_SCHEMES: tuple[str, ...] = typing.get_args(NphoScheme)
+NphoThreshold = Annotated[float, Ge(0)]
+"""Photons below which a sensor's time is invalid (not input, not scored)."""
 DEAD_VALUE = 1e10
 INVALID_ABOVE = 9e9  # anything beyond this magnitude marks a dead channel
 
@@ -52,24 +60,24 @@ def _expm1(lib, y):
 class Normalizer:
     """The "new scheme": npho through one of four invertible maps, time shifted and scaled.
 
-    ``npho_threshold`` (photons) is where time stops being trusted: a dim sensor keeps a valid
-    npho but its time is invalid.
+    The one normalisation spec: its fields' defaults and checks are the ``normalization``
+    section of the configuration (:mod:`xecmae.detector.specs`), and a prediction file's
+    metadata is its fields. ``npho_threshold`` (photons) is where time stops being trusted: a
+    dim sensor keeps a valid npho but its time is invalid; its YAML key is
+    ``training.time.npho_threshold``.
     """
 
-    npho_scheme: str = "log1p"
-    npho_scale: float = 1000.0
-    npho_scale2: float = 4.08
-    time_scale: float = 1.14e-7  # s
+    npho_scheme: NphoScheme = "log1p"
+    npho_scale: Annotated[float, Gt(0)] = 1000.0  # photons
+    npho_scale2: Annotated[float, Gt(0)] = 4.08
+    time_scale: Annotated[float, Gt(0)] = 1.14e-7  # s
     time_shift: float = -0.46
     sentinel_npho: float = -1.0
     sentinel_time: float = -1.0
-    npho_threshold: float = 100.0
+    npho_threshold: NphoThreshold = 100.0  # photons
 
     def __post_init__(self):
-        if self.npho_scheme not in NPHO_SCHEMES:
-            raise ValueError(f"unknown npho_scheme {self.npho_scheme!r}; choose one of {', '.join(NPHO_SCHEMES)}")
-        if self.npho_scale <= 0 or self.npho_scale2 <= 0 or self.time_scale <= 0:
-            raise ValueError("npho_scale, npho_scale2 and time_scale must be positive")
+        check_fields(self)
 
     # --- npho --------------------------------------------------------------------------
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from xecmae.config import DataConfig
-from xecmae.data.stream import steps_per_epoch
+from xecmae.data.plan import steps_per_epoch
 from xecmae.errors import UserError
 
 

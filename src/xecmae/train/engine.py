@@ -74,8 +74,7 @@ def run_directory(cfg: RunConfig, kind: str) -> Path:
 
 def check_inputs(cfg: RunConfig) -> None:
     """Fail before any training on a missing input."""
-    from xecmae.data.sources import resolve_inputs
-    from xecmae.data.stream import is_sim
+    from xecmae.data.sources import is_sim, resolve_inputs
 
     if cfg.data.train_path in (None, "", []):
         raise UserError("data.train_path is not set (give --train_root PATH or set it in the YAML)")
