@@ -97,3 +97,15 @@ def test_a_key_flag_not_given_leaves_the_default():
     add_key_flag(parser, "--npho-threshold", key="training.time.npho_threshold", type=float)
     assert config_from_args(parser.parse_args([])) == MAEConfig()
     assert parser._actions[-1].metavar == "NPHO_THRESHOLD"
+
+
+REQUIRED = ["--checkpoint", "c.pth", "--input", "x.root", "--output", "out"]
+
+
+@pytest.mark.parametrize(("name", "argv"), [("show", ["x.root"]), ("predict", REQUIRED), ("validate", REQUIRED)])
+def test_commands_without_a_config_default_to_the_configs_tree_branches_and_threshold(name, argv):
+    args = parse(name, *argv)
+    data = MAEConfig().data
+    assert (args.tree, args.npho_branch, args.time_branch) == (data.tree_name, data.npho_branch, data.time_branch)
+    if name == "show":
+        assert args.npho_threshold == MAEConfig().training.time.npho_threshold

@@ -23,3 +23,25 @@ def add_dead_channels_option(parser, what: str) -> None:
     """
     parser.add_argument("--dead-channels", "--dead-map", dest="dead_channels", default=None, metavar="SOURCE",
                         help=f"{what}: {DEAD_CHANNELS_SOURCES}")
+
+
+def add_input_options(parser, *, npho_threshold: bool = False) -> None:
+    """``--tree``, ``--npho-branch``, ``--time-branch`` (and ``--npho-threshold``) for commands without a config.
+
+    The defaults are read from the one place they are written: :class:`~xecmae.data.spec.StreamSpec`
+    (the ``data`` section's keys) and :class:`~xecmae.detector.normalize.Normalizer` (photons).
+    """
+    from xecmae.data.spec import StreamSpec
+
+    parser.add_argument("--tree", default=StreamSpec.tree_name, help=f"TTree name (default {StreamSpec.tree_name})")
+    parser.add_argument("--npho-branch", default=StreamSpec.npho_branch,
+                        help=f"npho branch, photons (default {StreamSpec.npho_branch})")
+    parser.add_argument("--time-branch", default=StreamSpec.time_branch,
+                        help=f"time branch, seconds (default {StreamSpec.time_branch})")
+    if npho_threshold:
+        from xecmae.detector.normalize import Normalizer
+
+        default = Normalizer.npho_threshold
+        parser.add_argument("--npho-threshold", type=float, default=default,
+                            help=f"photons below which a sensor's time is invalid (default {default:g}, as "
+                                 "training.time.npho_threshold)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from xecmae.commands import add_dead_channels_option
+from xecmae.commands import add_dead_channels_option, add_input_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,9 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, nargs="+",
                         help="ROOT file(s), globs, directories or list files (an inpainter takes one file)")
     parser.add_argument("--output", required=True, help="ROOT file to write")
-    parser.add_argument("--tree", default="tree")
-    parser.add_argument("--npho-branch", default="npho")
-    parser.add_argument("--time-branch", default="relative_time")
+    add_input_options(parser)
     parser.add_argument("--chunk", type=int, default=1024, help="events read and written at a time")
     parser.add_argument("--batch", type=int, default=None,
                         help="events per model call (default 256 for a regressor, 64 for an inpainter)")

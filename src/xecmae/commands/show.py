@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xecmae.commands import add_input_options
+
 TRUTH_BRANCHES = ("energyTruth", "uvwTruth", "run", "event")
 
 
@@ -14,11 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="ROOT file with a TTree of npho / relative_time float[4760] branches")
     parser.add_argument("--event", "-e", type=int, default=0, help="entry number in the tree (default 0)")
     parser.add_argument("--out", "-o", default=None, help="PNG to write (default: FILE_eventK.png here)")
-    parser.add_argument("--tree", default="tree", help="TTree name (default tree)")
-    parser.add_argument("--npho-branch", default="npho")
-    parser.add_argument("--time-branch", default="relative_time")
-    parser.add_argument("--npho-threshold", type=float, default=100.0,
-                        help="photons below which a sensor's time is not shown (default 100)")
+    add_input_options(parser, npho_threshold=True)
     parser.add_argument("--dpi", type=int, default=110)
 
 

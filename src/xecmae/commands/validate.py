@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from xecmae.commands import add_dead_channels_option
+from xecmae.commands import add_dead_channels_option, add_input_options
 from xecmae.errors import UserError
 
 
@@ -29,9 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Without it the classical energy is scaled on the scored events themselves")
     parser.add_argument("--save-calibration", default=None, metavar="FILE.json",
                         help="write the classical calibration fitted on --calibration to this JSON file")
-    parser.add_argument("--tree", default="tree")
-    parser.add_argument("--npho-branch", default="npho")
-    parser.add_argument("--time-branch", default="relative_time")
+    add_input_options(parser)
     parser.add_argument("--chunk", type=int, default=1024, help="events read at a time")
     parser.add_argument("--batch", type=int, default=256, help="events per model call")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
