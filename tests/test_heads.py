@@ -13,8 +13,11 @@ from xecmae.apps.trained import load_trained
 from xecmae.apps.validate import validate_regressor
 from xecmae.config import RegressorConfig
 from xecmae.configload import validate
+from xecmae.detector import geometry as geo
+from xecmae.detector.light import solid_angle_fraction
+from xecmae.detector.pointsource import fit_point_source
 from xecmae.models import build_mae
-from xecmae.models.heads import LOG_VAR_RANGE, bounded_log_var, key_positions, stage2_centres
+from xecmae.models.heads import LOG_PHOTONS_REF, LOG_VAR_RANGE, bounded_log_var, key_positions, stage2_centres
 from xecmae.models.regressor import LOG_VAR, TASK_TARGETS, build_regressor
 from xecmae.models.spec import EncoderConfig
 from xecmae.simulate import EventGenerator
@@ -42,7 +45,7 @@ def inputs(model, events, n=4):
 
 
 @pytest.mark.parametrize("frozen", [False, True])
-@pytest.mark.parametrize("classical", ["none", "centroid"])
+@pytest.mark.parametrize("classical", ["none", "centroid", "pointfit"])
 @pytest.mark.parametrize("head", ["tokens", "maps"])
 def test_every_head_gives_its_shapes_and_every_trainable_parameter_a_gradient(events, head, classical, frozen):
     torch.manual_seed(0)
@@ -73,6 +76,25 @@ def test_the_maps_give_the_same_tokens_and_the_default_head_is_the_specification
     assert set(out) == {"position", "energy"}  # no log-variance without gaussian_nll
     assert torch.equal(out["position"], model.heads["position"].mlp(tokens.flatten(1)))
     assert all(k.startswith(("encoder.", "heads.position.mlp.", "heads.energy.mlp.")) for k in model.state_dict())
+
+
+@pytest.mark.parametrize("head", ["tokens", "maps"])
+def test_an_untrained_pointfit_regressor_predicts_the_point_source_fit(events, head):
+    torch.manual_seed(0)
+    model = build_regressor(regressor_cfg(head=head, classical_input="pointfit")).eval()
+    x, valid = inputs(model, events, n=8)
+    with torch.no_grad():
+        out = model(x, valid)
+    photons = torch.where(valid[..., 0], model.normalizer.npho_inverse(x[..., 0]), 0.0).double()
+    fit = fit_point_source(photons, valid[..., 0])  # to convergence, as the classical baseline
+    expected = geo.xyz_to_uvw(fit.position.float())
+    got = TASK_TARGETS["position"].decode(out["position"])
+    assert (got - expected).abs().max() < 0.05, (got, expected)  # cm: ten steps are as good as converged
+    assert (out["position" + LOG_VAR] != 0).any()  # only the correction starts at zero, not the sigma
+    assert not any(k.startswith("heads.heatmap.") for k in model.state_dict())
+    features = model.classical(x, valid)
+    light = photons.sum(1) / torch.where(valid[..., 0], solid_angle_fraction(fit.position), 0.0).sum(1)
+    torch.testing.assert_close(features[:, 4].double(), light.log() - LOG_PHOTONS_REF, rtol=0, atol=1e-3)
 
 
 def test_key_positions_are_the_centres_of_the_stage2_footprints():
@@ -153,7 +175,7 @@ def test_an_mae_encoder_loads_into_a_maps_regressor_and_trains_end_to_end_with_t
 @pytest.fixture(scope="module")
 def maps_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("maps")
-    cfg = regressor_cfg(head="maps", classical_input="centroid")
+    cfg = regressor_cfg(head="maps", classical_input="pointfit")  # the fit runs inside the exported graph
     torch.manual_seed(0)
     save_checkpoint({"kind": "regressor", "model_state_dict": build_regressor(cfg).state_dict(),
                      "config": cfg.model_dump(mode="json"), "epoch": 1}, root / "maps.pth")

@@ -30,6 +30,7 @@ KINDS = {
     "regressor_maps": (RegressorConfig, {"tasks": TASKS, "head": "maps"}, {}),
     "regressor_maps_centroid_nll": (RegressorConfig, {"tasks": TASKS, "head": "maps", "classical_input": "centroid"},
                                     NLL),
+    "regressor_tokens_pointfit": (RegressorConfig, {"tasks": TASKS, "classical_input": "pointfit"}, {}),
 }
 
 

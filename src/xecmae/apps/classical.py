@@ -24,6 +24,7 @@ import numpy as np
 from xecmae.analysis.calibration import ClassicalCalibration, fit_calibration
 from xecmae.analysis.classical import ClassicalFeatures, classical_features
 from xecmae.apps.events import EventSource
+from xecmae.data.spec import CHUNK_EVENTS
 from xecmae.detector.normalize import Normalizer
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def features_of(source: EventSource, chunk_events: int, normalizer: Normalizer, 
     return ClassicalFeatures.concat(parts), {name: np.concatenate(v) for name, v in kept.items()}
 
 
-def calibration_from(inputs: str | Sequence[str], normalizer: Normalizer, chunk_events: int = 1024,
+def calibration_from(inputs: str | Sequence[str], normalizer: Normalizer, chunk_events: int = CHUNK_EVENTS,
                      source: EventSource | None = None) -> ClassicalCalibration:
     """A calibration read from a ``.json`` file, or fitted on labelled ROOT files (with truth)."""
     if isinstance(inputs, str | Path) and str(inputs).endswith(".json"):

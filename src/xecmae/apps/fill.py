@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from xecmae.apps.trained import check_run_options, load_trained
 from xecmae.data.deadchannels import DeadChannels, apply_dead_channels
+from xecmae.data.spec import CHUNK_EVENTS
 from xecmae.errors import UserError
 from xecmae.models import XEC_MAE
 
@@ -56,7 +57,7 @@ def fill_chunk(model: XEC_MAE, npho: np.ndarray, time: np.ndarray, batch_size: i
 
 def fill_dead_channels(checkpoint: str | Path, input_path: str | Path, output_path: str | Path, *,
                        tree_name: str = "tree", npho_branch: str = "npho", time_branch: str = "relative_time",
-                       chunk_events: int = 1024, batch_size: int = 64, device: str = "cpu",
+                       chunk_events: int = CHUNK_EVENTS, batch_size: int = 64, device: str = "cpu",
                        dead: DeadChannels | None = None) -> dict[str, int]:
     """Write ``output_path``: the input with dead channels filled (those it marks and ``dead``'s).
     Returns event and channel counts."""

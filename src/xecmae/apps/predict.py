@@ -37,6 +37,7 @@ from xecmae.apps.events import EventSource, common_truth
 from xecmae.apps.regress import output_units, prediction_branches, regressed_chunks
 from xecmae.apps.trained import Trained, check_run_options, load_trained
 from xecmae.data.rootio import TreeWriter
+from xecmae.data.spec import CHUNK_EVENTS
 from xecmae.errors import UserError
 from xecmae.train.rundir import check_writable, clean_stale_partials
 
@@ -72,7 +73,7 @@ def metadata(trained: Trained, source: EventSource, files: Sequence[str], events
 
 
 def predict_regression(checkpoint: str | Path, inputs: str | Sequence[str], output: str | Path, *,
-                       source: EventSource | None = None, chunk_events: int = 1024, batch_size: int = 256,
+                       source: EventSource | None = None, chunk_events: int = CHUNK_EVENTS, batch_size: int = 256,
                        device: str = "cpu") -> dict[str, int]:
     """Write ``output`` with the regressor's predictions for every event of ``inputs``; returns counts."""
     source = source or EventSource(inputs)

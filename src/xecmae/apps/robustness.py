@@ -42,6 +42,7 @@ from xecmae.apps.regress import regress
 from xecmae.apps.trained import check_run_options, load_trained
 from xecmae.apps.validate import check_output_dir, fiducial, validation_config
 from xecmae.data.deadchannels import apply_dead_channels
+from xecmae.data.spec import CHUNK_EVENTS
 from xecmae.errors import UserError
 from xecmae.models.regressor import TASK_TARGETS
 from xecmae.simulate.deadmaps import clustered_dead_mask, random_dead_mask
@@ -155,7 +156,7 @@ def robustness(checkpoint: str | Path, inputs, out_dir: str | Path, *, source: E
                dead_trained: str | Path | None = None, map_kind: str = "clustered", seed: int = 0,
                maps_per_level: int = MAPS,
                max_events: int | None = None, cuts: dict[str, float] | None = None, config: dict | None = None,
-               chunk_events: int = 1024, batch_size: int = 256, device: str = "cpu", classical: bool = True,
+               chunk_events: int = CHUNK_EVENTS, batch_size: int = 256, device: str = "cpu", classical: bool = True,
                plots: bool = True) -> dict[str, Any]:
     """Write ``robustness.json``, ``robustness.md`` and ``robustness.png`` into ``out_dir``; returns the report."""
     from xecmae.apps.robustness_report import write_report

@@ -38,6 +38,7 @@ from xecmae.apps.regress import SIGMA, regressed_chunks, truth_of
 from xecmae.apps.trained import check_run_options, load_trained
 from xecmae.config import FiducialConfig, ValidationConfig
 from xecmae.data.atomic import write_text
+from xecmae.data.spec import CHUNK_EVENTS
 from xecmae.errors import UserError
 from xecmae.models.regressor import TASK_TARGETS
 from xecmae.train.resolution import (
@@ -209,9 +210,9 @@ def check_apart(calibration, source: EventSource) -> None:
 
 
 def validate_regressor(checkpoint: str | Path, inputs, out_dir: str | Path, *, source: EventSource | None = None,
-                       cuts: dict[str, float] | None = None, config: dict | None = None, chunk_events: int = 1024,
-                       batch_size: int = 256, device: str = "cpu", classical: bool = True,
-                       plots: bool = True, calibration=None) -> dict[str, Any]:
+                       cuts: dict[str, float] | None = None, config: dict | None = None,
+                       chunk_events: int = CHUNK_EVENTS, batch_size: int = 256, device: str = "cpu",
+                       classical: bool = True, plots: bool = True, calibration=None) -> dict[str, Any]:
     """Write ``validation.json`` and the PNG figures into ``out_dir``; returns the report.
 
     ``calibration``: labelled ROOT file(s) (with uvwTruth, energyTruth, timeTruth) to calibrate

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from xecmae.commands import add_dead_channels_option, add_input_options
+from xecmae.data.spec import CHUNK_EVENTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ROOT file(s), globs, directories or list files (an inpainter takes one file)")
     parser.add_argument("--output", required=True, help="ROOT file to write")
     add_input_options(parser)
-    parser.add_argument("--chunk", type=int, default=1024, help="events read and written at a time")
+    parser.add_argument("--chunk", type=int, default=CHUNK_EVENTS, help="events read and written at a time")
     parser.add_argument("--batch", type=int, default=None,
                         help="events per model call (default 256 for a regressor, 64 for an inpainter)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from xecmae.commands import add_dead_channels_option, add_input_options
+from xecmae.data.spec import CHUNK_EVENTS
 from xecmae.errors import UserError
 
 
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-calibration", default=None, metavar="FILE.json",
                         help="write the classical calibration fitted on --calibration to this JSON file")
     add_input_options(parser)
-    parser.add_argument("--chunk", type=int, default=1024, help="events read at a time")
+    parser.add_argument("--chunk", type=int, default=CHUNK_EVENTS, help="events read at a time")
     parser.add_argument("--batch", type=int, default=256, help="events per model call")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     add_dead_channels_option(parser, "channels to treat as dead besides those the input marks")

@@ -119,7 +119,7 @@ def fit_point_source(npho, known, iterations: int = FIT_ITERATIONS, noise: float
     known = _mask(known)
     y = torch.where(known, _tensor(npho), 0.0)
     s = into_xenon(light_centroid(y, known) if start is None else _tensor(start).to(y.device))
-    if block is None or torch.compiler.is_exporting():  # one block (a graph keeps its batch size free)
+    if block is None or torch.compiler.is_exporting() or torch.jit.is_tracing():  # one block: a graph keeps its batch
         parts = [_fit_block(y, known, s, iterations, noise, fresnel, settle)]
     else:
         parts = [_fit_block(y[k:k + block], known[k:k + block], s[k:k + block], iterations, noise, fresnel, settle)

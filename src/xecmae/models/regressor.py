@@ -17,9 +17,9 @@ from torch import nn
 from xecmae.detector.geometry import FACE_NAMES
 from xecmae.detector.normalize import Normalizer
 from xecmae.models.encoder import EncoderModel, XECEncoder
-from xecmae.models.heads import CLASSICAL_FEATURES, CentroidEstimate, MapHeads, bounded_log_var
+from xecmae.models.heads import CLASSICAL_INPUTS, MapHeads, bounded_log_var
 from xecmae.models.precision import in_fp32
-from xecmae.models.spec import RegressorModelConfig
+from xecmae.models.spec import TASKS, RegressorModelConfig
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class TaskTarget:
     unit: str
 
     def encode(self, truth: torch.Tensor) -> torch.Tensor:
-        t = truth.reshape(len(truth), self.size).float()
+        t = truth.reshape(-1, self.size).float()  # -1, not len(): a traced graph keeps its batch free
         # column by column with Python numbers: no host-to-device copy of the constants per step
         return torch.stack([(t[:, k] - o) / s for k, (o, s) in enumerate(zip(self.offset, self.scale, strict=True))],
                            dim=1)
@@ -55,6 +55,8 @@ TASK_TARGETS: dict[str, TaskTarget] = {
     "timing": TaskTarget("timeTruth", 1, (1.0,), (0.0,), "ns"),
     "angle": TaskTarget("emiAng", 2, (10.0, 10.0), (90.0, 0.0), "deg"),  # (theta, phi)
 }
+if set(TASK_TARGETS) != set(TASKS):  # a task added to the configuration's Literal and not here, or the reverse
+    raise ImportError(f"TASK_TARGETS {sorted(TASK_TARGETS)} and the configuration's tasks {sorted(TASKS)} differ")
 
 
 class RegressionHead(nn.Module):
@@ -88,23 +90,32 @@ class XECRegressor(EncoderModel):
         self.normalizer = normalizer
         self.encoder = XECEncoder(normalizer, spec)
         dim, hidden = spec.encoder_dim, spec.head_hidden
-        extra = CLASSICAL_FEATURES if spec.classical_input == "centroid" else 0
-        self.classical = CentroidEstimate(normalizer) if extra else None
+        estimate = CLASSICAL_INPUTS.get(spec.classical_input)
+        self.classical = None if estimate is None else estimate(normalizer)
+        extra = 0 if estimate is None else estimate.features
         outputs = {t: TASK_TARGETS[t].size * (2 if t in self.gaussian_tasks else 1) for t in self.tasks}
         if spec.head == "tokens":
             self.heads = nn.ModuleDict({t: RegressionHead(dim, hidden, outputs[t], extra) for t in self.tasks})
         else:
             self.heads = MapHeads(spec, outputs, extra=extra, position_scale=TASK_TARGETS["position"].scale[:2])
+        if "position" in self.tasks and spec.classical_input == "pointfit":
+            last = (self.heads["position"].mlp if spec.head == "tokens" else self.heads.mlps["position"])[-1]
+            nn.init.zeros_(last.weight.data[:3])  # untrained, the position is the fit's (the log-variance is free)
+            nn.init.zeros_(last.bias.data[:3])
         self.set_encoder_frozen(spec.freeze_encoder)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        extra = None if self.classical is None else self.classical(x, valid)  # (B, 5)
+        extra = None if self.classical is None else self.classical(x, valid)  # (B, features)
         if self.head_kind == "maps":
             tokens, maps = self.encoder.forward_maps(x, valid)  # (B, 6, D), {face: map}
             raw = self.heads(tokens, maps, extra)
         else:
             tokens = self.encoder(x, valid)  # (B, 6, D)
             raw = {task: head(tokens, extra) for task, head in self.heads.items()}
+        start = None if extra is None else self.classical.position(extra)  # (B, 3) cm or None
+        if start is not None and "position" in raw:
+            position = raw["position"]
+            raw["position"] = torch.cat([position[:, :3] + TASK_TARGETS["position"].encode(start), position[:, 3:]], 1)
         if not self.gaussian_tasks:
             return raw
         out = {}

@@ -13,7 +13,7 @@ set of tensors); :func:`shape_keys` lists them, and is what a checkpoint is comp
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -137,8 +137,8 @@ class InpainterModelConfig(MAEModelConfig):
 
 
 # --- the regressor ----------------------------------------------------------------------------------
-TASKS = ("angle", "energy", "timing", "position")
 Task = Literal["angle", "energy", "timing", "position"]
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 class RegressorModelConfig(EncoderConfig):
@@ -152,8 +152,10 @@ class RegressorModelConfig(EncoderConfig):
     every face's feature map before pooling, and a soft-argmax on the inner face for u, v."""
     map_dim: Annotated[Annotated[int, Field(gt=0, multiple_of=16)], SHAPE] = 64
     """Width of the maps head's keys and queries (head: maps), in attention heads of 16."""
-    classical_input: Annotated[Literal["none", "centroid"], SHAPE] = "none"
-    """centroid: the light-weighted centroid of the brightest sensors and log total npho as extra head inputs."""
+    classical_input: Annotated[Literal["none", "centroid", "pointfit"], SHAPE] = "none"
+    """centroid: the light-weighted centroid of the brightest sensors and log total npho as extra head inputs;
+    pointfit: the point-source fit (position, light, fit quality) as inputs, and the position predicted as the
+    fit plus a learned correction (:class:`xecmae.models.heads.PointFitEstimate`)."""
 
     @field_validator("classical_input", mode="before")
     @classmethod
