@@ -1,15 +1,19 @@
 """The first thing to run on a GPU machine: every kind of model trains in bf16, with and without compile.
 
     python bench/gpu_check.py [--quick] [--size tiny|small|base] [--batch N] [--steps N]
-                              [--device cpu|cuda] [--compile-on-cpu] [--memory-only]
+                              [--device cpu|cuda] [--compile none|default ...] [--compile-on-cpu]
+                              [--kinds KIND ...] [--memory-only]
 
-For each model kind (MAE, inpainter, regressor with a trained and a frozen encoder) and each of
+For each model kind (MAE, inpainter, regressor with a trained and a frozen encoder, and the
+recommended regressor: ``maps`` head with the in-graph point-source fit) and each of
 ``compile: none`` and ``compile: default``, a few steps of the real trainer
 (:class:`xecmae.train.loop.Trainer`, bf16 autocast, an EMA, gradient clipping) on simulated
 events. On CUDA the timed steps run under ``torch.cuda.set_sync_debug_mode("error")``, so any
 host-device synchronisation inside a step is reported as a failure of that run. Each run gives
 events/s, MFU (against the card's dense bf16 peak, where the card is known), peak GPU memory and
-whether every loss and gradient stayed finite. Also measured, on any device: the bytes autograd
+whether every loss and gradient stayed finite. Each row is printed to stderr as one JSON line
+(``gpu_check: row {...}``) as soon as it is done, so a run stopped by a time limit (compiling the
+``base`` model takes minutes) keeps the rows it finished. Also measured, on any device: the bytes autograd
 keeps for the backward pass per event (fp32 and bf16), from two batch sizes.
 
 On a CPU it runs what it can (bf16 autocast on the CPU, eager only unless ``--compile-on-cpu``)
@@ -45,6 +49,8 @@ KINDS = {  # name: (schema, model section, builder)
     "regressor": (RegressorConfig, {"tasks": ["position", "energy", "timing", "angle"]}, build_regressor),
     "regressor_frozen_encoder": (RegressorConfig, {"tasks": ["position", "energy", "timing", "angle"],
                                                    "freeze_encoder": True}, build_regressor),
+    "regressor_pointfit": (RegressorConfig, {"tasks": ["position", "energy", "timing"], "head": "maps",
+                                             "classical_input": "pointfit"}, build_regressor),
 }
 MIB = 2**20
 
@@ -171,8 +177,8 @@ def not_checked(device: torch.device, compile_modes: list[str]) -> list[str]:
                     "MFU (no peak figure for a CPU) and peak GPU memory",
                     "GPU speed: the events/s here are a CPU's, under bf16 autocast, which CPUs without "
                     "bf16 units run slowly"]
-        if "default" not in compile_modes:
-            missing.append("torch.compile (pass --compile-on-cpu to try it on the CPU: minutes per model)")
+    if "default" not in compile_modes:
+        missing.append("torch.compile (--compile default; on a CPU also --compile-on-cpu: minutes per model)")
     return missing
 
 
@@ -185,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, compile)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", nargs="+", choices=["none", "default"], default=None, dest="compile_modes",
+                        help="compile modes to run (default: none and default on a GPU, none on a CPU)")
     parser.add_argument("--compile-on-cpu", action="store_true", help="also the compiled runs on a CPU (slow)")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
     parser.add_argument("--memory-only", action="store_true", help="only the saved-for-backward bytes per event")
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args.batch = args.batch or (256 if gpu and not args.quick else 4)
     if args.quick:
         args.steps, args.warmup = 2, min(args.warmup, 2)
-    compile_modes = ["none", "default"] if gpu or args.compile_on_cpu else ["none"]
+    compile_modes = args.compile_modes or (["none", "default"] if gpu or args.compile_on_cpu else ["none"])
     if gpu:
         torch.backends.cudnn.benchmark = True  # as a training run on a GPU sets it
     result: dict = {"device": args.device, "device_name": torch.cuda.get_device_name() if gpu else "cpu",
@@ -215,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 and row.get("gradients_finite", False)
             failures += not ok
             result["runs"].append(row | {"ok": ok})
+            print(f"gpu_check: row {json.dumps(result['runs'][-1])}", file=sys.stderr, flush=True)
     result |= activation_memory(args, device)
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     result["not_checked"] = not_checked(device, compile_modes)

@@ -29,6 +29,8 @@ KINDS = {
     "inpainter": (InpainterConfig, {}, build_mae),
     "regressor_unfrozen": (RegressorConfig, {"tasks": ["position", "energy"]}, build_regressor),
     "regressor_frozen": (RegressorConfig, {"tasks": ["position", "energy"], "freeze_encoder": True}, build_regressor),
+    "regressor_pointfit": (RegressorConfig, {"tasks": ["position", "energy"], "head": "maps",
+                                             "classical_input": "pointfit"}, build_regressor),
 }
 
 

@@ -2,7 +2,8 @@
 
 A GPU cannot be checked here, so these tests forbid the operations that would be a host-device
 synchronisation or a host-to-device copy on a GPU (``item``, ``tolist``, ``bool`` of a tensor,
-tensors made from Python data) while the real trainer takes steps on the CPU.
+tensors made from Python data, and the linear algebra whose error check reads a flag back:
+``torch.linalg.solve``, ``inv``, ``cholesky``) while the real trainer takes steps on the CPU.
 """
 
 import contextlib
@@ -29,7 +30,8 @@ def no_host_traffic():
         return raising
 
     patches = [(torch.Tensor, "item"), (torch.Tensor, "tolist"), (torch.Tensor, "__bool__"),
-               (torch.Tensor, "new_tensor"), (torch, "tensor"), (torch, "as_tensor")]
+               (torch.Tensor, "new_tensor"), (torch, "tensor"), (torch, "as_tensor"),
+               (torch.linalg, "solve"), (torch.linalg, "inv"), (torch.linalg, "cholesky")]
     saved = [(owner, name, getattr(owner, name)) for owner, name in patches]
     try:
         for owner, name in patches:
@@ -40,7 +42,7 @@ def no_host_traffic():
             setattr(owner, name, original)
 
 
-@pytest.mark.parametrize("kind", ["mae", "regressor_unfrozen"])
+@pytest.mark.parametrize("kind", ["mae", "regressor_unfrozen", "regressor_pointfit"])
 @pytest.mark.parametrize("ema", [False, True])
 def test_training_steps_make_no_host_round_trip(kind, ema):
     trainer = make_trainer(kind, amp=False)

@@ -129,7 +129,7 @@ def solid_angle_fraction(source, grad: bool = False, fresnel: bool = False):
     (piecewise linear in cos(incidence); its gradient included). Computed on the source's device
     (a tensor's; the CPU for anything else).
     """
-    s = torch.as_tensor(source).to(DTYPE)
+    s = (source if isinstance(source, torch.Tensor) else torch.as_tensor(source)).to(DTYPE)
     device = str(s.device)
     pos, normal, a2 = sensor_tables(device)
     lhs = torch.cat([s, (s * s).sum(1, keepdim=True), torch.ones_like(s[:, :1])], 1)  # (B, 5)

@@ -36,11 +36,12 @@ DTYPE = torch.float64
 
 
 def _tensor(a) -> torch.Tensor:
-    return torch.as_tensor(a).to(DTYPE)
+    """Tensors pass as they are (on their device); arrays and lists become CPU tensors."""
+    return (a if isinstance(a, torch.Tensor) else torch.as_tensor(a)).to(DTYPE)
 
 
 def _mask(a) -> torch.Tensor:
-    return torch.as_tensor(a).to(torch.bool)
+    return (a if isinstance(a, torch.Tensor) else torch.as_tensor(a)).to(torch.bool)
 
 
 def into_xenon(points: torch.Tensor, margin: float = FIT_MARGIN) -> torch.Tensor:
@@ -154,9 +155,12 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a x = b`` without the singularity check of ``torch.linalg.solve``, which on a GPU reads a
+    flag back to the host at every call (a synchronisation inside every training step); the damped
+    system here is never singular."""
     if torch.compiler.is_exporting():
         return solve_spd(a, b)
-    return torch.linalg.solve(a, b)
+    return torch.linalg.solve_ex(a, b, check_errors=False)[0]
 
 
 def _fit_block(y: torch.Tensor, known: torch.Tensor, s: torch.Tensor, iterations: int, noise: float,
