@@ -10,11 +10,12 @@ recommended regressor: ``maps`` head with the in-graph point-source fit) and eac
 (:class:`xecmae.train.loop.Trainer`, bf16 autocast, an EMA, gradient clipping) on simulated
 events. On CUDA the timed steps run under ``torch.cuda.set_sync_debug_mode("error")``, so any
 host-device synchronisation inside a step is reported as a failure of that run. Each run gives
-events/s, MFU (against the card's dense bf16 peak, where the card is known), peak GPU memory and
-whether every loss and gradient stayed finite. Each row is printed to stderr as one JSON line
+events/s, the operators per step (kernel launches: what bounds a small model's step on a GPU),
+MFU (against the card's dense bf16 peak, where the card is known), peak GPU memory and whether
+every loss and gradient stayed finite. Each row is printed to stderr as one JSON line
 (``gpu_check: row {...}``) as soon as it is done, so a run stopped by a time limit (compiling the
-``base`` model takes minutes) keeps the rows it finished. Also measured, on any device: the bytes autograd
-keeps for the backward pass per event (fp32 and bf16), from two batch sizes.
+``base`` model takes minutes) keeps the rows it finished. Also measured, on any device: the bytes
+autograd keeps for the backward pass per event (fp32 and bf16), from two batch sizes.
 
 On a CPU it runs what it can (bf16 autocast on the CPU, eager only unless ``--compile-on-cpu``)
 and lists in ``not_checked`` what only a GPU can show. The last line is one JSON object.
@@ -35,6 +36,7 @@ from train_step import model_flops_utilisation
 from xecmae.config import InpainterConfig, MAEConfig, RegressorConfig
 from xecmae.configload import validate
 from xecmae.models import build_mae
+from xecmae.models.flops import count_operators
 from xecmae.models.regressor import build_regressor
 from xecmae.simulate import EventGenerator
 from xecmae.train.ema import EMA
@@ -138,6 +140,7 @@ def run_kind(kind: str, compile_mode: str, args, device: torch.device) -> dict:
         name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
         eager = lambda: trainer.train_step(batch)  # noqa: E731
         row |= model_flops_utilisation(eager, median, True, args.batch, name)
+        row["operators_per_step"] = count_operators(eager)  # kernel launches: what bounds a small step
     return row
 
 

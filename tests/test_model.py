@@ -255,6 +255,15 @@ def test_flop_count_charges_a_depthwise_weight_gradient_like_its_forward():
     assert count_flops(step) == pytorch.get_total_flops()  # where groups = 1 the two agree
 
 
+def test_operator_count_counts_kernels_not_views():
+    from xecmae.models.flops import count_operators
+
+    x = torch.randn(4, 6)
+    assert count_operators(lambda: x.view(24)) == 0  # a view launches nothing
+    assert count_operators(lambda: (x * 2 + 1).sum()) == 3
+    assert count_operators(lambda: x.transpose(0, 1).contiguous()) == 1  # the copy, not the transpose
+
+
 def test_hex_graph_convolution_uses_one_weight_per_direction():
     conv = HexGraphConv(3)
     x = torch.randn(2, 73, 3)

@@ -29,3 +29,27 @@ def count_flops(fn: Callable[[], object]) -> int:
     with counter:
         fn()
     return counter.get_total_flops()
+
+
+_NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "resize_", "set_"})  # allocation, no kernel
+
+
+def count_operators(fn: Callable[[], object]) -> int:
+    """Operators of one call of ``fn`` that run a kernel (views and bare allocations left out).
+
+    On a GPU each is a launch of some microseconds on the host, so a step of a small model is
+    bound by this count rather than by its FLOPs; it is the same number on any device.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    count = 0
+
+    class Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal count
+            count += not (func.is_view or func.overloadpacket.__name__ in _NO_KERNEL)
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        fn()
+    return count
