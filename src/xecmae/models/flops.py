@@ -31,7 +31,8 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-_NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "resize_", "set_"})  # allocation, no kernel
+_NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "resize_", "set_",  # allocations
+                        "promote_types", "result_type", "_unsafe_view", "is_nonzero", "size", "stride"})
 
 
 def count_operators(fn: Callable[[], object]) -> int:
