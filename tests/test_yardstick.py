@@ -86,13 +86,16 @@ def test_the_yardstick_scores_every_method_and_a_rerun_skips_finished_runs(tmp_p
     assert json.loads(json.dumps(first)) == first  # the last line is plain JSON
 
 
-def test_budgets_seeds_and_steps_from_the_command_line_replace_the_presets():
+def test_budgets_seeds_steps_and_batch_from_the_command_line_replace_the_presets():
     ys = _yardstick()
     preset = ys.PRESETS["default"]
-    args = argparse.Namespace(budgets=[16000], seeds=1, steps=1500)
+    args = argparse.Namespace(budgets=[16000], seeds=1, steps=1500, sets={})
     chosen = ys.chosen_preset(preset, args)
     assert (chosen.budgets, chosen.seeds, chosen.steps) == ((16000,), 1, 1500)
     assert (chosen.batch, chosen.held_out) == (preset.batch, preset.held_out)
-    assert ys.chosen_preset(preset, argparse.Namespace(budgets=None, seeds=None, steps=None)) == preset
+    assert ys.chosen_preset(preset, argparse.Namespace(budgets=None, seeds=None, steps=None, sets={})) == preset
+    batch = ys.chosen_preset(preset, argparse.Namespace(budgets=None, seeds=None, steps=None,
+                                                       sets={"data.batch_size": 128}))
+    assert batch == ys.replace(preset, batch=128)  # the summary then names the batch the runs used
     with pytest.raises(UserError, match="positive"):
-        ys.chosen_preset(preset, argparse.Namespace(budgets=[0], seeds=None, steps=None))
+        ys.chosen_preset(preset, argparse.Namespace(budgets=[0], seeds=None, steps=None, sets={}))
