@@ -404,7 +404,10 @@ def plot(summary: dict, path: Path) -> Path:
 
 
 def chosen_preset(preset: Preset, args: argparse.Namespace) -> Preset:
-    """The preset with the budgets, seeds, steps and batch given on the command line (they enter settings.json)."""
+    """The preset with the budgets, seeds, steps and batch given on the command line (they enter settings.json).
+
+    A ``--set data.batch_size`` becomes the preset's batch, so it is also the batch of a pre-training
+    made in the work directory (``max(batch, 16)``), as the preset's own batch always was."""
     given = {"budgets": tuple(args.budgets) if args.budgets else None, "seeds": args.seeds, "steps": args.steps,
              "batch": args.sets.get("data.batch_size")}  # so that the summary names the batch the runs used
     if any(v is not None and (min(v) if isinstance(v, tuple) else v) <= 0 for v in given.values()):

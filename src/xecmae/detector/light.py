@@ -49,6 +49,12 @@ FRAME_ORIGIN = np.array([-85.0, 0.0, 0.0])  # near the detector's centre; keeps 
 DTYPE = torch.float64
 
 
+def as_tensor(a, dtype: torch.dtype) -> torch.Tensor:
+    """``a`` as a tensor of ``dtype``: a tensor stays on its device (no copy, no host traffic when it
+    has the dtype already); arrays and lists become CPU tensors."""
+    return (a if isinstance(a, torch.Tensor) else torch.as_tensor(a)).to(dtype)
+
+
 def in_xenon(xyz: np.ndarray) -> np.ndarray:
     """(..., 3) cm -> (...) True inside the active xenon volume."""
     r = np.hypot(xyz[..., 0], xyz[..., 1])
@@ -129,7 +135,7 @@ def solid_angle_fraction(source, grad: bool = False, fresnel: bool = False):
     (piecewise linear in cos(incidence); its gradient included). Computed on the source's device
     (a tensor's; the CPU for anything else).
     """
-    s = (source if isinstance(source, torch.Tensor) else torch.as_tensor(source)).to(DTYPE)
+    s = as_tensor(source, DTYPE)
     device = str(s.device)
     pos, normal, a2 = sensor_tables(device)
     lhs = torch.cat([s, (s * s).sum(1, keepdim=True), torch.ones_like(s[:, :1])], 1)  # (B, 5)

@@ -24,6 +24,7 @@ from xecmae.detector.light import (
     XENON_OUTER_RADIUS,
     XENON_PHI,
     XENON_Z_SLOPE,
+    as_tensor,
     sensor_tables,
     solid_angle_fraction,
 )
@@ -36,12 +37,11 @@ DTYPE = torch.float64
 
 
 def _tensor(a) -> torch.Tensor:
-    """Tensors pass as they are (on their device); arrays and lists become CPU tensors."""
-    return (a if isinstance(a, torch.Tensor) else torch.as_tensor(a)).to(DTYPE)
+    return as_tensor(a, DTYPE)
 
 
 def _mask(a) -> torch.Tensor:
-    return (a if isinstance(a, torch.Tensor) else torch.as_tensor(a)).to(torch.bool)
+    return as_tensor(a, torch.bool)
 
 
 def into_xenon(points: torch.Tensor, margin: float = FIT_MARGIN) -> torch.Tensor:
