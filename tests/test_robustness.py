@@ -50,7 +50,7 @@ def test_the_robustness_report_runs_every_method_on_the_same_dead_channels(sim_d
     zero, ten = result["levels"]
     assert [zero["fraction"], ten["fraction"]] == [0.0, 0.1]
     assert zero["dead_total_mean"] < 0.02 and 0.1 <= ten["dead_total_mean"] < 0.12  # added on top of the file's 1%
-    methods = ["sentinel", "neighbour", "inpainter", "dead_trained", "classical"]
+    methods = ["sentinel", "neighbour", "inpainter", "dead_trained", "dead_trained_inpainter", "classical"]
     for level in result["levels"]:
         assert list(level["methods"]) == methods
         for figs in level["methods"].values():
@@ -58,6 +58,7 @@ def test_the_robustness_report_runs_every_method_on_the_same_dead_channels(sim_d
             assert all(f["res"] > 0 and f["err"] > 0 for f in figs.values())
     # the second regressor is the same checkpoint: on the same dead channels it gives the same figures
     assert ten["methods"]["dead_trained"] == ten["methods"]["sentinel"]
+    assert ten["methods"]["dead_trained_inpainter"] == ten["methods"]["inpainter"]
     # the dead channels reach the model: 10% dead moves its figures, filling them moves them again
     assert ten["methods"]["sentinel"]["energy"]["res"] != zero["methods"]["sentinel"]["energy"]["res"]
     assert ten["methods"]["neighbour"]["energy"] != ten["methods"]["sentinel"]["energy"]

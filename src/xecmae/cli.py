@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "finetune": "regression fine-tuning from a pre-trained encoder",
     "inpaint": "train the dead-channel inpainter",
     "predict": "apply a trained model: per-event reconstruction (regressor) or filled dead channels (inpainter)",
+    "calibrate": "calibrate a regressor's per-event sigma on labelled events (pulls of width 1)",
     "validate": "resolution report of a regressor on ROOT files, beside the classical estimate",
     "export": "export an encoder, regressor or inpainter to ONNX or TorchScript",
     "analyze": "per-face tables and plots of a prediction file",

@@ -10,6 +10,8 @@ the very same dead channels:
 - ``inpainter``: the regressor after filling them by a trained inpainter (when one is given);
 - ``dead_trained``: a second regressor, fine-tuned with random dead channels
   (``training.dead_channels``), dead channels left as sentinels (when one is given);
+- ``dead_trained_inpainter``: that second regressor after the inpainter fill (when both are given):
+  what the inpainter leaves wrong, the training with dead channels may have learned to discount;
 - ``classical``: the point-source fit and the calibrated total npho
   (:mod:`xecmae.apps.classical`) with the dead channels dropped.
 
@@ -53,9 +55,10 @@ log = logging.getLogger(__name__)
 FRACTIONS = (0.0, 0.01, 0.05, 0.1)
 MAPS = 32
 BOOTSTRAP = 200
-METHODS = ("sentinel", "neighbour", "inpainter", "dead_trained", "classical")
+METHODS = ("sentinel", "neighbour", "inpainter", "dead_trained", "dead_trained_inpainter", "classical")
 METHOD_LABELS = {"sentinel": "regressor, dead left as sentinels", "neighbour": "regressor, neighbour-average fill",
                  "inpainter": "regressor, inpainter fill", "dead_trained": "regressor trained with dead channels",
+                 "dead_trained_inpainter": "regressor trained with dead channels, inpainter fill",
                  "classical": "classical, dead dropped"}
 FIGURES = {"u": ("position", 0), "v": ("position", 1), "w": ("position", 2), "energy": ("energy", 0)}
 """Figure -> (task, component); energy is relative to the true energy."""
@@ -137,11 +140,14 @@ def evaluate_level(events: dict[str, np.ndarray], dead: np.ndarray, models: dict
     out = {"sentinel": _regressed(regressor, npho, time, batch_size, dev)}
     filled_npho, filled_time, _ = neighbour_fill(npho, time, regressor.normalizer)
     out["neighbour"] = _regressed(regressor, filled_npho, filled_time, batch_size, dev)
+    inpainted = None
     if models.get("inpainter") is not None:
-        filled_npho, filled_time, _ = inpainter_fill(models["inpainter"], npho, time, batch_size, dev)
-        out["inpainter"] = _regressed(regressor, filled_npho, filled_time, batch_size, dev)
+        inpainted = inpainter_fill(models["inpainter"], npho, time, batch_size, dev)[:2]
+        out["inpainter"] = _regressed(regressor, *inpainted, batch_size, dev)
     if models.get("dead_trained") is not None:
         out["dead_trained"] = _regressed(models["dead_trained"], npho, time, batch_size, dev)
+        if inpainted is not None:
+            out["dead_trained_inpainter"] = _regressed(models["dead_trained"], *inpainted, batch_size, dev)
     if classical:
         norm = regressor.normalizer
         estimate = {"position": classical_features(npho, time, norm).uvw}

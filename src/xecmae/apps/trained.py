@@ -7,6 +7,7 @@ rebuilds the model it was trained as. EMA weights are preferred when the run kep
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,10 @@ from xecmae.train.initialize import checkpoint_kind, load_weights, preferred_wei
 
 log = logging.getLogger(__name__)
 
+SIGMA_CALIBRATION = "sigma_calibration"
+"""Checkpoint key of a regressor's sigma calibration (:mod:`xecmae.apps.sigmacal`):
+``{"scales": {task: [per component]}, "events": N, "inputs": [...], "fiducial_cuts_cm": {...}}``."""
+
 KIND_TEXT = {"regressor": "regressor", "mae": "MAE", "inpainter": "inpainter", "encoder": "bare encoder weights"}
 
 
@@ -38,6 +43,7 @@ class Trained:
     ema: bool  # the EMA weights were loaded
     epoch: int | None
     step: int | None
+    sigma_calibration: dict[str, Any] | None = None  # applied to the model's sigma (a regressor's)
 
     @property
     def normalizer(self) -> Normalizer:
@@ -47,7 +53,9 @@ class Trained:
         """Plain facts about the checkpoint, for metadata of what the model writes."""
         return {"checkpoint": str(Path(self.path).resolve()), "model_kind": self.kind,
                 "weights": "ema" if self.ema else "raw", "epoch": -1 if self.epoch is None else int(self.epoch),
-                "step": -1 if self.step is None else int(self.step)}
+                "step": -1 if self.step is None else int(self.step),
+                "sigma_calibration": (json.dumps(self.sigma_calibration["scales"], sort_keys=True)
+                                      if self.sigma_calibration else "none")}
 
 
 def _a(noun: str) -> str:
@@ -87,7 +95,13 @@ def load_trained(path: str | Path, kinds: tuple[str, ...], purpose: str,
     model = _build(kind, cfg)
     state, ema = preferred_weights(ckpt)
     load_weights(model, state, path, "model")
+    calibration = ckpt.get(SIGMA_CALIBRATION)
+    if calibration:
+        try:
+            model.calibrate_sigma(calibration["scales"])
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise UserError(f"{path}: its sigma calibration does not fit its model: {exc}") from exc
     model.to(device).eval()
     log.info("%s: %s checkpoint, %s weights, epoch %s", path, KIND_TEXT[kind], "EMA" if ema else "raw",
              ckpt.get("epoch"))
-    return Trained(path, kind, model, cfg, ema, ckpt.get("epoch"), ckpt.get("step"))
+    return Trained(path, kind, model, cfg, ema, ckpt.get("epoch"), ckpt.get("step"), calibration or None)

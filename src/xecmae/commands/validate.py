@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         if "_res" in name:
             beside = f"   classical {classical[name]:.4g}" if name in classical else ""
             print(f"  {name:28s} model {value:.4g}{beside}")
+    for name, value in model.items():
+        if "_pull_width" in name:
+            print(f"  {name:28s} {value:.3f} (1 when the sigma is right)")
     print(f"{args.output}/{REPORT} and {len(result['figures'])} figures written")
     return 0
 

@@ -4,7 +4,9 @@ By default (``model.head: tokens``, the specification's head) every head is an M
 face tokens (concatenated); ``head: maps`` reads the faces' feature maps instead
 (:class:`xecmae.models.heads.MapHeads`). Heads predict targets in scaled units (see
 :data:`TASK_TARGETS`) so every task's loss is of order one; a task trained with ``gaussian_nll``
-also predicts a log-variance per component, output as ``{task}_log_var``.
+also predicts a log-variance per component, output as ``{task}_log_var``, to which the
+calibration of its sigma on labelled events is added (:meth:`XECRegressor.calibrate_sigma`; none
+until a checkpoint says so).
 """
 
 from __future__ import annotations
@@ -102,7 +104,26 @@ class XECRegressor(EncoderModel):
             last = (self.heads["position"].mlp if spec.head == "tokens" else self.heads.mlps["position"])[-1]
             nn.init.zeros_(last.weight.data[:3])  # untrained, the position is the fit's (the log-variance is free)
             nn.init.zeros_(last.bias.data[:3])
+        for task in self.gaussian_tasks:  # not in the state dict: a checkpoint carries it beside the weights
+            self.register_buffer(f"{task}_log_var_shift", torch.zeros(TASK_TARGETS[task].size), persistent=False)
         self.set_encoder_frozen(spec.freeze_encoder)
+
+    def calibrate_sigma(self, scales: dict[str, list[float]]) -> None:
+        """Multiply each Gaussian task's sigma per component by ``scales[task]`` (sizes as the task's).
+
+        A scale is the 68% half width of the pulls on labelled events (:mod:`xecmae.apps.sigmacal`), so
+        the calibrated sigma covers 68% of the residuals there; it is a constant, so the mean is untouched.
+        """
+        unknown = sorted(set(scales) - set(self.gaussian_tasks))
+        if unknown:
+            raise ValueError(f"sigma scales for {unknown}, which this model gives no sigma for "
+                             f"(it has {list(self.gaussian_tasks)})")
+        for task, scale in scales.items():
+            shift = getattr(self, f"{task}_log_var_shift")
+            value = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+            if value.numel() != shift.numel() or not bool((value > 0).all()):
+                raise ValueError(f"{task}: {shift.numel()} positive sigma scale(s) needed, got {scale}")
+            shift.copy_(2.0 * value.log())
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         extra = None if self.classical is None else self.classical(x, valid)  # (B, features)
@@ -123,7 +144,8 @@ class XECRegressor(EncoderModel):
             size = TASK_TARGETS[task].size
             out[task] = value[:, :size]
             if task in self.gaussian_tasks:
-                out[task + LOG_VAR] = bounded_log_var(value[:, size:])  # (B, size)
+                shift = getattr(self, f"{task}_log_var_shift")  # (size,): zero unless calibrated
+                out[task + LOG_VAR] = bounded_log_var(value[:, size:]) + shift  # (B, size)
         return out
 
 
