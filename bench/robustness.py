@@ -11,7 +11,8 @@
 3. Runs :func:`xecmae.apps.robustness.robustness` (what ``xecmae validate --robustness`` runs)
    on the held-out file: 0, 1, 5 and 10% of the sensors dead (the generator's clustered maps),
    the regressor with the dead channels as sentinels, filled by the neighbour average, filled by
-   ``--inpainter CKPT`` (when given), the dead-trained regressor and the classical estimate.
+   ``--inpainter CKPT`` (when given), the dead-trained regressor (with the dead channels as
+   sentinels, and after the inpainter fill when there is one) and the classical estimate.
 
 Prints the markdown table; the last line is the report as one JSON object.
 

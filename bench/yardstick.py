@@ -69,7 +69,7 @@ from xecmae.analysis.calibration import fit_calibration
 from xecmae.analysis.classical import ClassicalFeatures
 from xecmae.apps.classical import features_of
 from xecmae.apps.events import EventSource
-from xecmae.apps.regress import regress
+from xecmae.apps.regress import SIGMA, regress
 from xecmae.apps.trained import load_trained
 from xecmae.config import FiducialConfig, MAEConfig, RegressorConfig
 from xecmae.configload import validate
@@ -82,7 +82,7 @@ from xecmae.train.checkpoint import load_checkpoint
 from xecmae.train.finetune import finetune, init_regressor
 from xecmae.train.frozen import encode_events, predict_heads, train_heads
 from xecmae.train.pretrain import pretrain
-from xecmae.train.resolution import resolution_metrics
+from xecmae.train.resolution import pull_metrics, resolution_metrics
 
 log = logging.getLogger("yardstick")
 METHODS = ("classical", "scratch", "mae_finetune", "mae_frozen")
@@ -203,6 +203,9 @@ def score(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], prefix: str
             ok = keep & np.isfinite(p).all(1)
             out[f"{label}_{task}_missing"] = int((keep & ~ok).sum())
             out |= {f"{label}_{k}": v for k, v in resolution_metrics(task, p[ok], t[ok]).items()}
+            if task + SIGMA in pred and label != "line_w2":  # a Gaussian task: its pulls, as the model gives them
+                sigma = np.asarray(pred[task + SIGMA], np.float64).reshape(len(uvw), -1)
+                out |= {f"{label}_{k}": v for k, v in pull_metrics(task, p[ok], t[ok], sigma[ok]).items()}
     return out
 
 

@@ -8,10 +8,11 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from xecmae.config import RegressorConfig
+from xecmae.config import FiducialConfig, RegressorConfig
 from xecmae.configload import validate
 from xecmae.data.plan import steps_per_epoch
 from xecmae.errors import UserError
@@ -99,3 +100,18 @@ def test_budgets_seeds_steps_and_batch_from_the_command_line_replace_the_presets
     assert batch == ys.replace(preset, batch=128)  # the summary then names the batch the runs used
     with pytest.raises(UserError, match="positive"):
         ys.chosen_preset(preset, argparse.Namespace(budgets=[0], seeds=None, steps=None, sets={}))
+
+
+def test_a_gaussian_task_is_scored_with_its_pulls_on_the_fiducial_events():
+    rng = np.random.default_rng(2)
+    n = 4000
+    uvw = np.column_stack([rng.uniform(-30, 30, n), rng.uniform(-70, 70, n), rng.uniform(-1, 30, n)])
+    truth = {"uvwTruth": uvw, "energyTruth": rng.uniform(0.015, 0.06, n)}
+    sigma = np.full((n, 3), 0.5)
+    pred = {"position": uvw + rng.normal(0, 1, (n, 3)) * np.array([0.5, 1.0, 0.25]), "position_sigma": sigma,
+            "energy": truth["energyTruth"][:, None]}
+    out = _yardstick().score(pred, truth, "line", FiducialConfig())
+    assert out["line_position_pull_width_u"] == pytest.approx(1.0, abs=0.06)
+    assert out["line_position_pull_width_v"] == pytest.approx(2.0, abs=0.12)
+    assert out["line_position_pull_width_w"] == pytest.approx(0.5, abs=0.03)
+    assert "line_energy_pull_width" not in out and "line_w2_position_pull_width_u" not in out  # no sigma, no pull
