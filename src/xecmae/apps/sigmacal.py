@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MIN_EVENTS = 50
 """Fewest fiducial events a scale is fitted on (its relative statistical error is about 0.94 / sqrt(N))."""
 
+
 def pull_widths(pred: np.ndarray, truth: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """(N, size) predictions, truths and sigmas in one unit -> (size,) 68% half widths of the pulls."""
     pulls = (pred - truth) / sigma
@@ -69,17 +70,17 @@ def calibrate(checkpoint: str | Path, source: EventSource, output: str | Path, *
                         "sigma to calibrate (training.task_loss_fn: {position: gaussian_nll, ...})")
     data = collect(trained, source, chunk_events, batch_size, device, classical=False)
     inside = fiducial(data["uvw"], trained.cfg.validation.fiducial)
-    if int(inside.sum()) < MIN_EVENTS:
-        raise UserError(f"{int(inside.sum())} of {len(inside)} calibration events are inside the fiducial volume; "
+    n = int(inside.sum())
+    if n < MIN_EVENTS:
+        raise UserError(f"{n} of {len(inside)} calibration events are inside the fiducial volume; "
                         f"at least {MIN_EVENTS} are needed for a 68% width")
-    if int(inside.sum()) < 1000:
-        log.warning("%d fiducial events: each scale is known to about %.0f%%", int(inside.sum()),
-                    100 * 0.94 / np.sqrt(inside.sum()))
+    if n < 1000:
+        log.warning("%d fiducial events: each scale is known to about %.0f%%", n, 100 * 0.94 / np.sqrt(n))
     scales = fitted_scales(data, inside)
     ckpt = load_checkpoint(checkpoint)
     before = ckpt.get(SIGMA_CALIBRATION, {}).get("scales", {})
     total = {t: (np.asarray(before.get(t, 1.0)) * s).tolist() for t, s in scales.items()}
-    ckpt[SIGMA_CALIBRATION] = {"scales": total, "events": int(inside.sum()), "inputs": data["files"],
+    ckpt[SIGMA_CALIBRATION] = {"scales": total, "events": n, "inputs": data["files"],
                                "fiducial_cuts_cm": trained.cfg.validation.fiducial.model_dump()}
     save_checkpoint(ckpt, output)
     rows = []
@@ -89,8 +90,8 @@ def calibrate(checkpoint: str | Path, source: EventSource, output: str | Path, *
         rows += [{"task": task, "component": component, "scale": float(scales[task][k]),
                   "pull_width_before": float(scales[task][k]), "pull_width_after": float(after[k])}
                  for k, component in enumerate(COMPONENTS[task])]
-    log.info("calibrated sigma of %s on %d fiducial events -> %s", ", ".join(tasks), int(inside.sum()), output)
-    return {"checkpoint": str(checkpoint), "output": str(output), "events": int(inside.sum()),
+    log.info("calibrated sigma of %s on %d fiducial events -> %s", ", ".join(tasks), n, output)
+    return {"checkpoint": str(checkpoint), "output": str(output), "events": n,
             "read": len(inside), "rows": rows, "scales": total}
 
 
