@@ -122,3 +122,17 @@ def test_calibrate_refuses_a_model_without_sigma_and_overwriting_its_checkpoint(
                  "--output", str(labelled / "reg.pth")]) == 2
     assert "is the checkpoint itself" in capsys.readouterr().err
     assert not (labelled / "x.pth").exists()
+
+
+@pytest.mark.parametrize(("losses", "hint"), [({}, False), (NLL, True)])
+def test_finetune_says_how_to_calibrate_a_model_with_sigmas(monkeypatch, tmp_path, capsys, losses, hint):
+    import xecmae.train.finetune
+
+    monkeypatch.setattr(xecmae.train.finetune, "finetune", lambda cfg, plot=None, hooks=(): tmp_path / "run")
+    argv = ["finetune", "--train_root", "train.root", "--val_root", "val.root", "--mlflow.enabled", "false"]
+    if losses:
+        argv += ["--task_loss_fn", "{position: gaussian_nll, energy: gaussian_nll}"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"run directory: {tmp_path / 'run'}" in printed
+    assert ("xecmae calibrate --checkpoint" in printed and "--input val.root" in printed) == hint
