@@ -62,7 +62,8 @@ def test_the_robustness_report_runs_every_method_on_the_same_dead_channels(sim_d
     # the dead channels reach the model: 10% dead moves its figures, filling them moves them again
     assert ten["methods"]["sentinel"]["energy"]["res"] != zero["methods"]["sentinel"]["energy"]["res"]
     assert ten["methods"]["neighbour"]["energy"] != ten["methods"]["sentinel"]["energy"]
-    assert zero["methods"]["sentinel"]["u"]["ratio"] == 1.0
+    assert zero["methods"]["sentinel"]["u"]["ratio"] == 1.0 and zero["methods"]["sentinel"]["u"]["ratio_err"] == 0.0
+    assert ten["methods"]["neighbour"]["energy"]["ratio_err"] > 0
     table = (out / "robustness.md").read_text()
     assert table in printed and table.count("\n| 10% |") == len(methods)
     assert "regressor, inpainter fill" in table and "classical, dead dropped" in table
@@ -138,3 +139,18 @@ def test_hidden_channels_look_dead_to_the_model_and_training_runs(sim_data, tmp_
     ckpt = load_checkpoint(finetune(cfg) / "regressor_checkpoint_last.pth")
     assert ckpt["step"] == 2 and ckpt["config"]["training"]["dead_channels"]["fraction"] == 0.05
     assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values() if v.is_floating_point())
+
+
+def test_the_paired_ratio_error_cancels_what_the_events_share():
+    from xecmae.apps.robustness import bootstrap_width, paired_ratio_error
+
+    rng = np.random.default_rng(4)
+    reference = rng.normal(0.0, 1.0, 2000)
+    slightly_worse = reference * 1.05 + rng.normal(0.0, 0.05, 2000)  # the same events, 5% wider
+    err = paired_ratio_error(slightly_worse, reference)
+    unpaired = np.hypot(bootstrap_width(slightly_worse), bootstrap_width(reference))  # relative, widths near 1
+    assert 0 < err < unpaired / 4  # the shared event-to-event scatter cancels
+    assert paired_ratio_error(reference, reference) == 0.0
+    independent = rng.normal(0.0, 1.0, 2000)
+    assert paired_ratio_error(independent, reference) == pytest.approx(unpaired, rel=0.3)
+    assert np.isnan(paired_ratio_error(reference[:10], reference))

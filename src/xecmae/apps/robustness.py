@@ -113,18 +113,40 @@ def bootstrap_width(residual: np.ndarray, rounds: int = BOOTSTRAP, seed: int = 0
     return float(np.std((hi - lo) / 2))
 
 
-def figures(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """{figure: {res, err, bias}} of the u, v, w and energy resolutions the predictions have."""
+def residuals(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{figure: (N,) residual} of u, v, w (cm) and the relative energy, for the tasks the predictions have."""
     out = {}
     for name, (task, k) in FIGURES.items():
-        if task not in pred:
-            continue
-        residual = pred[task][:, k] - truth[task][:, k]
-        if task == "energy":
-            residual = residual / truth[task][:, k]
-        out[name] = {"res": half_width_68(residual), "err": bootstrap_width(residual),
-                     "bias": float(np.median(residual))}
+        if task in pred:
+            residual = pred[task][:, k] - truth[task][:, k]
+            out[name] = residual / truth[task][:, k] if task == "energy" else residual
     return out
+
+
+def figures(residual: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """{figure: {res, err, bias}}: the 68% half width, its bootstrap error and the median of each residual."""
+    return {name: {"res": half_width_68(r), "err": bootstrap_width(r), "bias": float(np.median(r))}
+            for name, r in residual.items()}
+
+
+def paired_ratio_error(residual: np.ndarray, reference: np.ndarray, rounds: int = BOOTSTRAP, seed: int = 0) -> float:
+    """Bootstrap error of half_width_68(residual) / half_width_68(reference) on the same events.
+
+    Both are resampled with the same event indices, so what the two share (the events) cancels:
+    the ratio's error is smaller than the two figures' errors added, and says whether a method
+    really moved the resolution.
+    """
+    if residual.size < 2 or residual.size != reference.size:
+        return float("nan")
+    pick = np.random.default_rng(seed).integers(0, residual.size, (rounds, residual.size))
+
+    def widths(r: np.ndarray) -> np.ndarray:
+        lo, hi = np.percentile(r[pick], [16, 84], axis=1)
+        return (hi - lo) / 2
+
+    width, ref = widths(residual), widths(reference)
+    ok = ref > 0  # a resample of a few events can repeat one event: no width to divide by
+    return float(np.std(width[ok] / ref[ok])) if ok.any() else float("nan")
 
 
 def _regressed(model, npho, time, batch_size, device) -> dict[str, np.ndarray]:
@@ -202,12 +224,16 @@ def robustness(checkpoint: str | Path, inputs, out_dir: str | Path, *, source: E
     truth = {t: np.asarray(events[TASK_TARGETS[t].branch], np.float64).reshape(n, -1) for t in tasks}
     base_dead = ~trained.normalizer.validity(events["npho"], events["time"])[0]
     levels = []
+    reference: dict[str, np.ndarray] = {}  # the plain regressor's residuals without added dead channels
     for fraction in fractions:
         dead = dead_map_bank(fraction, map_kind, seed, maps_per_level)[np.arange(n) % maps_per_level]
         log.info("dead fraction %g: %d events", fraction, n)
         preds = evaluate_level(events, dead, models, batch_size, device, classical)
+        kept = {m: residuals(p, truth) for m, p in preds.items()}
+        if fraction == 0.0 and not reference:
+            reference = kept["sentinel"]
         levels.append({"fraction": fraction, "dead_total_mean": float((dead | base_dead).mean()),
-                       "methods": {m: figures(p, truth) for m, p in preds.items()}})
+                       "methods": {m: figures(r) for m, r in kept.items()}, "residuals": kept})
     result = {"checkpoint": trained.describe(), "inpainter": str(inpainter) if inpainter else None,
               "dead_trained": str(dead_trained) if dead_trained else None,
               "events": {"read": len(inside), "fiducial": n}, "fiducial_cuts_cm": cfg.fiducial.model_dump(),
@@ -216,6 +242,11 @@ def robustness(checkpoint: str | Path, inputs, out_dir: str | Path, *, source: E
               "methods": {m: METHOD_LABELS[m] for m in METHODS if m in levels[0]["methods"]},
               "units": UNITS, "notes": notes, "levels": levels}
     add_ratios(result)
+    for level in levels:  # the events are the same at every fraction: the ratio's error is a paired one
+        for method, kept in level.pop("residuals").items():
+            for name, fig in level["methods"][method].items():
+                fig["ratio_err"] = (paired_ratio_error(kept[name], reference[name])
+                                    if name in reference else float("nan"))
     out_dir.mkdir(exist_ok=True)
     result["files"] = [str(p) for p in write_report(result, out_dir, plots)]
     return result

@@ -24,7 +24,13 @@ def _cell(fig: dict[str, float] | None, name: str) -> str:
     if not fig or fig["res"] is None or not math.isfinite(fig["res"]):
         return "-"
     scale = 100.0 if name == "energy" else 1.0  # energy in percent
-    ratio = f" ({fig['ratio']:.2f})" if math.isfinite(fig.get("ratio", math.nan)) else ""
+    ratio, ratio_err = fig.get("ratio", math.nan), fig.get("ratio_err", math.nan)
+    if not math.isfinite(ratio):
+        ratio = ""
+    elif math.isfinite(ratio_err) and ratio_err > 0:
+        ratio = f" ({ratio:.2f} ± {ratio_err:.2f})"
+    else:  # the reference itself
+        ratio = f" ({ratio:.2f})"
     return f"{fig['res'] * scale:.3g} ± {fig['err'] * scale:.2g}{ratio}"
 
 
@@ -40,7 +46,8 @@ def markdown_table(result: dict[str, Any]) -> str:
                          f"{result['methods'][method]} | {cells} |")
     events = result["events"]
     lines += ["", f"Resolution = 68% half width ± bootstrap error; in brackets the ratio to the regressor with no "
-                  f"added dead channel. {events['fiducial']} events inside the fiducial volume (of {events['read']}); "
+                  f"added dead channel ± its paired bootstrap error (the same events resampled for both). "
+                  f"{events['fiducial']} events inside the fiducial volume (of {events['read']}); "
                   f"{result['dead_maps']['kind']} dead maps, seed {result['dead_maps']['seed']}, "
                   f"{result['dead_maps']['maps_per_fraction']} maps per fraction."]
     lines += [f"Note: {note}." for note in result["notes"]]
