@@ -42,66 +42,102 @@ def pull_widths(pred: np.ndarray, truth: np.ndarray, sigma: np.ndarray) -> np.nd
     return np.array([half_width_68(pulls[:, k]) for k in range(pulls.shape[1])])
 
 
-def fitted_scales(data: dict[str, Any], inside: np.ndarray) -> dict[str, np.ndarray]:
-    """Per Gaussian task, the factor per component that makes its pulls on the ``inside`` events 1 wide."""
+def energy_bin_edges(predicted_energy: np.ndarray, bins: int) -> np.ndarray:
+    """(bins - 1,) GeV edges holding equal numbers of the events' predicted energies (none for one bin)."""
+    return np.quantile(predicted_energy, np.arange(1, bins) / bins) if bins > 1 else np.zeros(0)
+
+
+def fitted_scales(data: dict[str, Any], inside: np.ndarray, edges: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Per Gaussian task, (bins, size): the factors that make its pulls on the ``inside`` events 1 wide,
+    in each bin of predicted energy (``edges`` GeV, as the model bins them: an event above an edge is
+    in the bin above it)."""
+    edges = np.zeros(0) if edges is None else edges
+    bin_of = (data["pred"]["energy"][:, :1] > edges).sum(1) if edges.size else np.zeros(len(inside), int)
     scales = {}
     for task, sigma in data["sigma"].items():
-        widths = pull_widths(data["pred"][task][inside], data["truth"][task][inside], sigma[inside])
-        if not np.all(np.isfinite(widths) & (widths > 0)):
-            raise UserError(f"{task}: the pulls of the calibration events have no finite width ({widths.tolist()})")
-        scales[task] = widths
+        rows = []
+        for b in range(edges.size + 1):
+            keep = inside & (bin_of == b)
+            if int(keep.sum()) < MIN_EVENTS:
+                raise UserError(f"energy bin {b} has {int(keep.sum())} fiducial calibration events; at least "
+                                f"{MIN_EVENTS} are needed for a 68% width (fewer --energy-bins or more events)")
+            widths = pull_widths(data["pred"][task][keep], data["truth"][task][keep], sigma[keep])
+            if not np.all(np.isfinite(widths) & (widths > 0)):
+                raise UserError(f"{task}: the pulls of the calibration events have no finite width "
+                                f"({widths.tolist()})")
+            rows.append(widths)
+        scales[task] = np.stack(rows)
     return scales
 
 
 def calibrate(checkpoint: str | Path, source: EventSource, output: str | Path, *, chunk_events: int,
-              batch_size: int, device: str = "cpu") -> dict[str, Any]:
+              batch_size: int, device: str = "cpu", energy_bins: int = 1) -> dict[str, Any]:
     """Fit the sigma scales of ``checkpoint`` on the labelled events of ``source``; write the copy to ``output``.
 
-    A checkpoint already calibrated is calibrated again on top (the scales multiply). Returns the
-    report: events used, and per component the scale and the pull width before and after.
+    ``energy_bins`` > 1 fits one scale per component in each of that many bins of the predicted
+    energy (equal numbers of events). A calibration replaces any the checkpoint had: the pulls are
+    measured with the sigma as trained. Returns the report: events used, and per component (and
+    bin) the scale and the pull width before and after.
     """
     output = Path(output)
     if output.resolve() == Path(checkpoint).resolve():
         raise UserError(f"--output {output} is the checkpoint itself; write the calibrated copy elsewhere")
+    if energy_bins < 1:
+        raise UserError(f"--energy-bins must be at least 1, got {energy_bins}")
     trained = load_trained(checkpoint, ("regressor",), "sigma calibration", device)
     tasks = tuple(getattr(trained.model, "gaussian_tasks", ()))
     if not tasks:
         raise UserError(f"{checkpoint}: no task of this regressor was trained with gaussian_nll, so it gives no "
                         "sigma to calibrate (training.task_loss_fn: {position: gaussian_nll, ...})")
+    if energy_bins > 1 and "energy" not in trained.model.tasks:
+        raise UserError(f"{checkpoint}: --energy-bins bins by the predicted energy, and this regressor has no "
+                        f"energy task ({', '.join(trained.model.tasks)})")
+    trained.model.calibrate_sigma({})  # measured against the sigma as trained
     data = collect(trained, source, chunk_events, batch_size, device, classical=False)
     inside = fiducial(data["uvw"], trained.cfg.validation.fiducial)
     n = int(inside.sum())
-    if n < MIN_EVENTS:
+    if n < MIN_EVENTS * energy_bins:
         raise UserError(f"{n} of {len(inside)} calibration events are inside the fiducial volume; "
-                        f"at least {MIN_EVENTS} are needed for a 68% width")
-    if n < 1000:
-        log.warning("%d fiducial events: each scale is known to about %.0f%%", n, 100 * 0.94 / np.sqrt(n))
-    scales = fitted_scales(data, inside)
+                        f"at least {MIN_EVENTS} per energy bin are needed for a 68% width")
+    if n < 1000 * energy_bins:
+        log.warning("%d fiducial events in %d bin(s): each scale is known to about %.0f%%", n, energy_bins,
+                    100 * 0.94 / np.sqrt(n / energy_bins))
+    edges = energy_bin_edges(data["pred"]["energy"][inside, 0], energy_bins) if energy_bins > 1 else np.zeros(0)
+    scales = fitted_scales(data, inside, edges)
     ckpt = load_checkpoint(checkpoint)
-    before = ckpt.get(SIGMA_CALIBRATION, {}).get("scales", {})
-    total = {t: (np.asarray(before.get(t, 1.0)) * s).tolist() for t, s in scales.items()}
-    ckpt[SIGMA_CALIBRATION] = {"scales": total, "events": n, "inputs": data["files"],
+    ckpt[SIGMA_CALIBRATION] = {"scales": {t: v.tolist() for t, v in scales.items()},
+                               "energy_edges_gev": edges.tolist(), "events": n, "inputs": data["files"],
                                "fiducial_cuts_cm": trained.cfg.validation.fiducial.model_dump()}
     save_checkpoint(ckpt, output)
+    bin_of = (data["pred"]["energy"][:, :1] > edges).sum(1) if edges.size else np.zeros(len(inside), int)
     rows = []
     for task in tasks:  # the width after is measured with the scaled sigma, not assumed
-        after = pull_widths(data["pred"][task][inside], data["truth"][task][inside],
-                            data["sigma"][task][inside] * scales[task])
-        rows += [{"task": task, "component": component, "scale": float(scales[task][k]),
-                  "pull_width_before": float(scales[task][k]), "pull_width_after": float(after[k])}
-                 for k, component in enumerate(COMPONENTS[task])]
+        scaled = data["sigma"][task] * scales[task][bin_of]
+        for b in range(len(edges) + 1):
+            keep = inside & (bin_of == b)
+            after = pull_widths(data["pred"][task][keep], data["truth"][task][keep], scaled[keep])
+            rows += [{"task": task, "component": component, "bin": b, "scale": float(scales[task][b, k]),
+                      "pull_width_before": float(scales[task][b, k]), "pull_width_after": float(after[k])}
+                     for k, component in enumerate(COMPONENTS[task])]
     log.info("calibrated sigma of %s on %d fiducial events -> %s", ", ".join(tasks), n, output)
-    return {"checkpoint": str(checkpoint), "output": str(output), "events": n,
-            "read": len(inside), "rows": rows, "scales": total}
+    return {"checkpoint": str(checkpoint), "output": str(output), "events": n, "read": len(inside),
+            "rows": rows, "scales": ckpt[SIGMA_CALIBRATION]["scales"], "energy_edges_gev": edges.tolist()}
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The calibration as a small table: one line per component."""
+    """The calibration as a small table: one line per component (and energy bin)."""
+    edges_mev = [1000 * e for e in report["energy_edges_gev"]]
+    bounds = [-np.inf, *edges_mev, np.inf]
     lines = [f"sigma calibration on {report['events']} fiducial events (of {report['read']} read)",
-             f"{'task':10s} {'component':9s} {'scale':>7s} {'pull width before':>18s} {'after':>6s}"]
+             f"{'task':10s} {'component':9s} {'predicted energy':>17s} {'scale':>7s} {'pull width before':>18s} "
+             f"{'after':>6s}"]
     for r in report["rows"]:
         component = r["component"] if r["task"] != "energy" else ""  # the energy pull is of E, not E / E_true
-        lines.append(f"{r['task']:10s} {component:9s} {r['scale']:7.3f} {r['pull_width_before']:18.3f} "
+        lo, hi = bounds[r["bin"]], bounds[r["bin"] + 1]
+        span = ("all" if not edges_mev else f"< {hi:.1f} MeV" if lo == -np.inf else f"> {lo:.1f} MeV"
+                if hi == np.inf else f"{lo:.1f}-{hi:.1f} MeV")
+        lines.append(f"{r['task']:10s} {component:9s} {span:>17s} {r['scale']:7.3f} {r['pull_width_before']:18.3f} "
                      f"{r['pull_width_after']:6.3f}")
     lines.append(f"calibrated checkpoint written to {report['output']}")
     return "\n".join(lines)

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 SIGMA_CALIBRATION = "sigma_calibration"
 """Checkpoint key of a regressor's sigma calibration (:mod:`xecmae.apps.sigmacal`):
-``{"scales": {task: [per component]}, "events": N, "inputs": [...], "fiducial_cuts_cm": {...}}``."""
+``{"scales": {task: [[per component] per energy bin]}, "energy_edges_gev": [...], "events": N, "inputs": [...],
+"fiducial_cuts_cm": {...}}`` (no edges: one bin)."""
 
 KIND_TEXT = {"regressor": "regressor", "mae": "MAE", "inpainter": "inpainter", "encoder": "bare encoder weights"}
 
@@ -98,7 +99,7 @@ def load_trained(path: str | Path, kinds: tuple[str, ...], purpose: str,
     calibration = ckpt.get(SIGMA_CALIBRATION)
     if calibration:
         try:
-            model.calibrate_sigma(calibration["scales"])
+            model.calibrate_sigma(calibration["scales"], calibration.get("energy_edges_gev", []))
         except (ValueError, KeyError, AttributeError) as exc:
             raise UserError(f"{path}: its sigma calibration does not fit its model: {exc}") from exc
     model.to(device).eval()

@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, nargs="+",
                         help="labelled ROOT file(s) the training did not see (its validation file)")
     parser.add_argument("--output", required=True, help="the calibrated checkpoint to write")
+    parser.add_argument("--energy-bins", type=int, default=1, metavar="K",
+                        help="one scale per component in each of K bins of the predicted energy, equal numbers of "
+                             "events (default 1: one scale per component)")
     add_input_options(parser)
     parser.add_argument("--chunk", type=int, default=CHUNK_EVENTS, help="events read at a time")
     parser.add_argument("--batch", type=int, default=256, help="events per model call")
@@ -31,6 +34,6 @@ def run(args: argparse.Namespace) -> int:
     check_run_options(args.chunk, args.batch, args.device)
     source = EventSource(args.input, args.tree, args.npho_branch, args.time_branch)
     report = calibrate(args.checkpoint, source, args.output, chunk_events=args.chunk, batch_size=args.batch,
-                       device=args.device)
+                       device=args.device, energy_bins=args.energy_bins)
     print(format_report(report))
     return 0

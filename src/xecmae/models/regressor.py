@@ -105,25 +105,44 @@ class XECRegressor(EncoderModel):
             nn.init.zeros_(last.weight.data[:3])  # untrained, the position is the fit's (the log-variance is free)
             nn.init.zeros_(last.bias.data[:3])
         for task in self.gaussian_tasks:  # not in the state dict: a checkpoint carries it beside the weights
-            self.register_buffer(f"{task}_log_var_shift", torch.zeros(TASK_TARGETS[task].size), persistent=False)
+            self.register_buffer(f"{task}_log_var_shift", torch.zeros(1, TASK_TARGETS[task].size), persistent=False)
+        self.register_buffer("sigma_energy_edges", torch.zeros(0), persistent=False)  # scaled energy units
         self.set_encoder_frozen(spec.freeze_encoder)
 
-    def calibrate_sigma(self, scales: dict[str, list[float]]) -> None:
-        """Multiply each Gaussian task's sigma per component by ``scales[task]`` (sizes as the task's).
+    def calibrate_sigma(self, scales: dict[str, list], energy_edges_gev: list[float] = ()) -> None:
+        """Multiply each Gaussian task's sigma by ``scales[task]``: (size,) per component, or (bins, size).
 
-        A scale is the 68% half width of the pulls on labelled events (:mod:`xecmae.apps.sigmacal`), so
-        the calibrated sigma covers 68% of the residuals there; it is a constant, so the mean is untouched.
+        With ``energy_edges_gev`` (bins - 1 increasing energies, GeV) the scale of an event is the one of
+        the bin its *predicted* energy falls in, for a sigma whose error depends on the energy. A
+        scale is the 68% half width of the pulls on labelled events (:mod:`xecmae.apps.sigmacal`), so
+        the calibrated sigma covers 68% of the residuals there; it is a constant per bin, so every
+        prediction stays as it is. A calibration replaces the one before; tasks not named get none.
         """
         unknown = sorted(set(scales) - set(self.gaussian_tasks))
         if unknown:
             raise ValueError(f"sigma scales for {unknown}, which this model gives no sigma for "
                              f"(it has {list(self.gaussian_tasks)})")
-        for task, scale in scales.items():
-            shift = getattr(self, f"{task}_log_var_shift")
-            value = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
-            if value.numel() != shift.numel() or not bool((value > 0).all()):
-                raise ValueError(f"{task}: {shift.numel()} positive sigma scale(s) needed, got {scale}")
-            shift.copy_(2.0 * value.log())
+        edges = torch.as_tensor(list(energy_edges_gev), dtype=torch.float32).reshape(-1)
+        bins = edges.numel() + 1
+        if bins > 1 and ("energy" not in self.tasks or not bool((edges.diff() > 0).all())):
+            raise ValueError(f"energy bins need an energy task and increasing edges, got {edges.tolist()}")
+        for task in self.gaussian_tasks:
+            size = TASK_TARGETS[task].size
+            value = torch.as_tensor(scales.get(task, [1.0] * size), dtype=torch.float32)
+            if value.numel() not in (size, bins * size) or not bool((value > 0).all()):
+                raise ValueError(f"{task}: {bins} x {size} positive sigma scale(s) needed, got {scales.get(task)}")
+            shift = (2.0 * value.log()).reshape(-1, size).expand(bins, size).clone()  # (bins, size)
+            self.register_buffer(f"{task}_log_var_shift", shift.to(self.sigma_energy_edges.device), persistent=False)
+        scaled = edges / TASK_TARGETS["energy"].scale[0] if bins > 1 else edges  # the head's units
+        self.register_buffer("sigma_energy_edges", scaled.to(self.sigma_energy_edges.device), persistent=False)
+
+    def _log_var_shift(self, task: str, raw: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(1, size) or (B, size): the calibration's shift of ``task``'s log-variance (zero uncalibrated)."""
+        shift = getattr(self, f"{task}_log_var_shift")  # (bins, size)
+        if self.sigma_energy_edges.numel() == 0:  # a shape, known when the model is built: no host sync
+            return shift
+        energy = raw["energy"][:, :1].float()  # (B, 1) scaled, the prediction
+        return shift[(energy > self.sigma_energy_edges).sum(1)]  # (B, size)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         extra = None if self.classical is None else self.classical(x, valid)  # (B, features)
@@ -144,8 +163,7 @@ class XECRegressor(EncoderModel):
             size = TASK_TARGETS[task].size
             out[task] = value[:, :size]
             if task in self.gaussian_tasks:
-                shift = getattr(self, f"{task}_log_var_shift")  # (size,): zero unless calibrated
-                out[task + LOG_VAR] = bounded_log_var(value[:, size:]) + shift  # (B, size)
+                out[task + LOG_VAR] = bounded_log_var(value[:, size:]) + self._log_var_shift(task, raw)
         return out
 
 
