@@ -173,11 +173,19 @@ def test_an_mae_encoder_loads_into_a_maps_regressor_and_trains_end_to_end_with_t
 
 
 @pytest.fixture(scope="module")
-def maps_checkpoint(tmp_path_factory):
+def maps_checkpoint(tmp_path_factory, events):
+    """A maps + pointfit regressor with a sigma calibration in two bins of predicted energy, whose edge splits
+    these events' predictions in halves, so that the exported graph is checked on both sides of it."""
     root = tmp_path_factory.mktemp("maps")
     cfg = regressor_cfg(head="maps", classical_input="pointfit")  # the fit runs inside the exported graph
     torch.manual_seed(0)
-    save_checkpoint({"kind": "regressor", "model_state_dict": build_regressor(cfg).state_dict(),
+    model = build_regressor(cfg).eval()
+    with torch.no_grad():
+        energy = TASK_TARGETS["energy"].decode(model(*inputs(model, events, n=64))["energy"])
+    middle = energy.flatten().sort().values[31:33]  # the edge between the two middle events, far from both
+    calibration = {"scales": {"position": [[1.5, 0.7, 1.2], [0.8, 1.3, 1.0]], "energy": [[1.1], [0.6]]},
+                   "energy_edges_gev": [float(middle.mean())]}
+    save_checkpoint({"kind": "regressor", "model_state_dict": model.state_dict(), "sigma_calibration": calibration,
                      "config": cfg.model_dump(mode="json"), "epoch": 1}, root / "maps.pth")
     return root / "maps.pth"
 
