@@ -22,7 +22,9 @@ is pre-trained once per work directory on the simulated stream (``sim://``, new 
 epoch) and reused, or taken from ``--mae``. Held-out sets: flat 15-60 MeV and the 52.8 MeV line
 (signal), both after the fiducial cuts of :class:`xecmae.config.FiducialConfig` on the truth.
 Figures per set: bias, 68% half width and RMS of u, v, w (cm), energy (relative) and time (ns),
-the 68% quantile of the 3D distance; for the line also the energy for w > 2 cm (``line_w2``).
+the 68% quantile of the 3D distance; for the line also the energy for w > 2 cm (``line_w2``); for a
+task trained with ``gaussian_nll`` its pulls as the model gives them (``*_pull_bias_*``, ``*_pull_width_*``,
+uncalibrated: the runs keep no labels aside for ``xecmae calibrate``).
 
 Sizes (labels = budgets, steps of ``batch`` events per learned run):
 
