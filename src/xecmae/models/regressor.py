@@ -133,7 +133,7 @@ class XECRegressor(EncoderModel):
                 raise ValueError(f"{task}: {bins} x {size} positive sigma scale(s) needed, got {scales.get(task)}")
             shift = (2.0 * value.log()).reshape(-1, size).expand(bins, size).clone()  # (bins, size)
             self.register_buffer(f"{task}_log_var_shift", shift.to(self.sigma_energy_edges.device), persistent=False)
-        scaled = edges / TASK_TARGETS["energy"].scale[0] if bins > 1 else edges  # the head's units
+        scaled = TASK_TARGETS["energy"].encode(edges).reshape(-1) if bins > 1 else edges  # the head's units
         self.register_buffer("sigma_energy_edges", scaled.to(self.sigma_energy_edges.device), persistent=False)
 
     def _log_var_shift(self, task: str, raw: dict[str, torch.Tensor]) -> torch.Tensor:
