@@ -47,13 +47,19 @@ def energy_bin_edges(predicted_energy: np.ndarray, bins: int) -> np.ndarray:
     return np.quantile(predicted_energy, np.arange(1, bins) / bins) if bins > 1 else np.zeros(0)
 
 
+def energy_bin(data: dict[str, Any], edges: np.ndarray, events: int) -> np.ndarray:
+    """(events,) bin of each event's predicted energy, as the model bins it: above an edge is the bin above it."""
+    if not edges.size:  # one bin; a model without an energy task has no predicted energy to read
+        return np.zeros(events, int)
+    return (data["pred"]["energy"][:, :1] > edges).sum(1)
+
+
 def fitted_scales(data: dict[str, Any], inside: np.ndarray, edges: np.ndarray | None = None
                   ) -> dict[str, np.ndarray]:
     """Per Gaussian task, (bins, size): the factors that make its pulls on the ``inside`` events 1 wide,
-    in each bin of predicted energy (``edges`` GeV, as the model bins them: an event above an edge is
-    in the bin above it)."""
+    in each bin of predicted energy (``edges`` GeV; none: one bin)."""
     edges = np.zeros(0) if edges is None else edges
-    bin_of = (data["pred"]["energy"][:, :1] > edges).sum(1) if edges.size else np.zeros(len(inside), int)
+    bin_of = energy_bin(data, edges, len(inside))
     scales = {}
     for task, sigma in data["sigma"].items():
         rows = []
@@ -110,7 +116,7 @@ def calibrate(checkpoint: str | Path, source: EventSource, output: str | Path, *
                                "energy_edges_gev": edges.tolist(), "events": n, "inputs": data["files"],
                                "fiducial_cuts_cm": trained.cfg.validation.fiducial.model_dump()}
     save_checkpoint(ckpt, output)
-    bin_of = (data["pred"]["energy"][:, :1] > edges).sum(1) if edges.size else np.zeros(len(inside), int)
+    bin_of = energy_bin(data, edges, len(inside))
     rows = []
     for task in tasks:  # the width after is measured with the scaled sigma, not assumed
         scaled = data["sigma"][task] * scales[task][bin_of]

@@ -55,7 +55,8 @@ class Trained:
         return {"checkpoint": str(Path(self.path).resolve()), "model_kind": self.kind,
                 "weights": "ema" if self.ema else "raw", "epoch": -1 if self.epoch is None else int(self.epoch),
                 "step": -1 if self.step is None else int(self.step),
-                "sigma_calibration": (json.dumps(self.sigma_calibration["scales"], sort_keys=True)
+                "sigma_calibration": (json.dumps({k: self.sigma_calibration.get(k, [])
+                                                  for k in ("scales", "energy_edges_gev")}, sort_keys=True)
                                       if self.sigma_calibration else "none")}
 
 
