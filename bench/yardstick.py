@@ -49,6 +49,9 @@ the small budgets, ``--full`` the physics.
 Resumable: every finished (method, budget, seed) is saved as ``results/METHOD_bBUDGET_sSEED.json``
 in the work directory and a rerun skips it; event sets, classical features, the MAE and the
 cached encoder outputs are kept too. A work directory remembers its settings and refuses others.
+``--seed S`` runs only seed S of the grid, so that one job per seed can share a work directory
+(make its event sets and features with one job first); each job's summary covers the seeds
+finished so far.
 Prints a markdown table, writes ``yardstick.png`` (resolution against budget per method) and
 prints one JSON object with every figure as the last line.
 """
@@ -327,7 +330,7 @@ def run_benchmark(args, preset: Preset, methods: tuple[str, ...] = METHODS) -> d
         ctx["mae"] = mae_checkpoint(args, preset)
     done = skipped = 0
     for budget in preset.budgets:
-        for seed in range(preset.seeds):
+        for seed in [args.seed] if args.seed is not None else range(preset.seeds):
             for method in methods:
                 if method == "classical" and seed > 0:
                     continue  # deterministic: the same labelled events give the same calibration
@@ -417,6 +420,8 @@ def chosen_preset(preset: Preset, args: argparse.Namespace) -> Preset:
              "batch": args.sets.get("data.batch_size")}  # so that the summary names the batch the runs used
     if any(v is not None and (min(v) if isinstance(v, tuple) else v) <= 0 for v in given.values()):
         raise UserError("--budgets, --seeds, --steps and data.batch_size must be positive")
+    if args.seed is not None and not 0 <= args.seed < (args.seeds or preset.seeds):
+        raise UserError(f"--seed {args.seed} is not one of the grid's seeds 0..{(args.seeds or preset.seeds) - 1}")
     return replace(preset, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -438,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=int, nargs="+", default=None, metavar="N",
                         help="label budgets instead of the preset's (e.g. --budgets 16000 for one point)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per budget instead of the preset's")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="run only this seed of the grid (one job per seed sharing a work directory)")
     parser.add_argument("--steps", type=int, default=None,
                         help="optimiser steps per learned run instead of the preset's (a convergence check)")
     parser.add_argument("--threads", type=int, default=None,

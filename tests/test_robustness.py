@@ -1,5 +1,6 @@
 """Robustness against dead channels: the report's machinery, and fine-tuning with random dead channels."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -126,7 +127,7 @@ def test_hidden_channels_look_dead_to_the_model_and_training_runs(sim_data, tmp_
     seen = []
     objective = DeadChannelObjective(lambda m, r, b, g, a, t: seen.append(b["valid"][..., 0].float().mean()),
                                      validate({"training": {"dead_channels": {"fraction": 0.2}}},
-                                              RegressorConfig).training.dead_channels)
+                                              RegressorConfig).training.dead_channels, norm)
     batch = {"x": x, "valid": valid}
     raw = type("Raw", (), {"normalizer": norm})
     objective(None, raw, batch, torch.Generator().manual_seed(0), None, True)
@@ -139,6 +140,46 @@ def test_hidden_channels_look_dead_to_the_model_and_training_runs(sim_data, tmp_
     ckpt = load_checkpoint(finetune(cfg) / "regressor_checkpoint_last.pth")
     assert ckpt["step"] == 2 and ckpt["config"]["training"]["dead_channels"]["fraction"] == 0.05
     assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values() if v.is_floating_point())
+
+
+def test_the_training_fill_is_the_inference_fill_and_a_run_trains_with_it(sim_data, models, tmp_path):
+    from xecmae.apps.fill import fill_chunk, load_inpainter
+    from xecmae.train.deadtraining import InpainterFill
+
+    norm = Normalizer()
+    rng = np.random.default_rng(2)
+    npho = rng.gamma(0.5, 400.0, (3, 4760)).astype(np.float32)  # many below the 100-photon time threshold
+    time = rng.normal(2e-8, 1e-9, (3, 4760)).astype(np.float32)
+    dead = torch.from_numpy(rng.random((3, 4760)) < 0.05)
+    x, valid = hide_channels(*norm(torch.from_numpy(npho), torch.from_numpy(time)), dead, norm)
+    filled_x, filled_valid = InpainterFill(models["inp"], norm)(x, valid, dead, contextlib.nullcontext)
+    # the same events filled at inference: raw arrays with the dead channels at 1e10, then normalised
+    ref_npho, ref_time, _ = fill_chunk(load_inpainter(models["inp"], torch.device("cpu")),
+                                       np.where(dead, 1e10, npho).astype(np.float32),
+                                       np.where(dead, 1e10, time).astype(np.float32), 8, torch.device("cpu"))
+    ref_x, ref_valid = norm(torch.from_numpy(ref_npho), torch.from_numpy(ref_time))
+    assert torch.equal(filled_valid, ref_valid) and not filled_valid[..., 1][dead].all()  # dim fills: no time
+    torch.testing.assert_close(filled_x, ref_x, rtol=1e-5, atol=1e-5)
+    assert torch.equal(filled_x[~dead], x[~dead]) and filled_valid[..., 0][dead].all()
+    # the objective hands the regressor the filled batch: every npho valid again, a fifth of them changed
+    seen = []
+    spec = validate({"training": {"dead_channels": {"fraction": 0.2, "filler": models["inp"]}}}, RegressorConfig)
+    objective = DeadChannelObjective(lambda m, r, b, g, a, t: seen.append(b), spec.training.dead_channels, norm)
+    full_x, full_valid = norm(torch.from_numpy(npho), torch.from_numpy(time))
+    objective(None, type("Raw", (), {"normalizer": norm}), {"x": full_x, "valid": full_valid},
+              torch.Generator().manual_seed(0), contextlib.nullcontext, True)
+    assert seen[0]["valid"][..., 0].all() and abs((seen[0]["x"] != full_x)[..., 0].float().mean() - 0.2) < 0.01
+    with pytest.raises(UserError, match="normalisation"):
+        InpainterFill(models["inp"], Normalizer(npho_scale=500.0))
+    with pytest.raises(UserError, match=r"needs training\.dead_channels\.fraction > 0"):
+        finetune(tiny_config(sim_data, tmp_path / "none", schema=RegressorConfig, model={"tasks": ["position"]},
+                             training={"dead_channels": {"filler": models["inp"]}}))
+    cfg = tiny_config(sim_data, tmp_path, schema=RegressorConfig, model={"tasks": ["position"]},
+                      data={"batch_size": 16, "val_max_events": 16},
+                      training={"epochs": 1, "max_steps": 2,
+                                "dead_channels": {"fraction": 0.05, "filler": models["inp"]}})
+    ckpt = load_checkpoint(finetune(cfg) / "regressor_checkpoint_last.pth")
+    assert ckpt["step"] == 2 and ckpt["config"]["training"]["dead_channels"]["filler"] == models["inp"]
 
 
 def test_the_paired_ratio_error_cancels_what_the_events_share():

@@ -233,6 +233,9 @@ class DeadChannelTrainingConfig(Section):
     """About half of them in whole readout boards, as in the realistic generator's maps; false = scattered."""
     varying: bool = False
     """Each event's fraction uniform in [0, fraction] rather than exactly fraction."""
+    filler: str | None = None
+    """An inpainter (or MAE) checkpoint that fills the hidden channels before the regressor sees them, as
+    ``validate --inpainter`` fills dead channels at inference; null = they stay sentinels."""
 
 
 class RegressionTrainingConfig(OptimConfig):

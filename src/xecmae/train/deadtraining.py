@@ -14,7 +14,12 @@ face's live channels. Everything is a few sorts of (B, 4760) random keys from th
 generator, on the device; seeded per batch, a resumed run draws the same maps again.
 
 A hidden channel is what a dead one is at the model's input: both validity flags False and the
-normaliser's sentinels as values. Validation batches are left as they are.
+normaliser's sentinels as values. With ``filler`` (an inpainter checkpoint, frozen) the hidden
+channels are then filled by its prediction exactly as the inference fill does it
+(:func:`xecmae.apps.fill.fill_chunk`: the prediction made raw again and normalised, so a filled
+sensor below the time threshold keeps an invalid time): the regressor learns to discount what the
+inpainter gets wrong, and is meant to be run after that inpainter's fill. Validation batches are
+left as they are.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import numpy as np
 import torch
 
 from xecmae.detector import geometry as geo
+from xecmae.detector.normalize import DEAD_VALUE
+from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import face_dead_counts
 from xecmae.simulate.spec import DetectorSpec
 
@@ -103,11 +110,37 @@ def hide_channels(x: torch.Tensor, valid: torch.Tensor, dead: torch.Tensor, norm
     return torch.where(dead[..., None], sentinel, x), valid & ~dead[..., None]
 
 
+class InpainterFill:
+    """A frozen inpainter that fills hidden channels of a normalised batch, as the inference fill does."""
+
+    def __init__(self, checkpoint: str, normalizer):
+        from xecmae.apps.trained import load_trained  # the inference loader: kind checked, EMA weights preferred
+
+        self.model = load_trained(checkpoint, ("inpainter", "mae"), "training.dead_channels.filler").model
+        self.model.requires_grad_(False)
+        if self.model.normalizer != normalizer:
+            raise UserError(f"training.dead_channels.filler {checkpoint}: its normalisation "
+                            f"({self.model.normalizer}) is not the regressor's ({normalizer})")
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, valid: torch.Tensor, dead: torch.Tensor, autocast
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model input (B, 4760, 2) and validity with the ``dead`` (B, 4760) channels filled."""
+        self.model.to(x.device)
+        with autocast():
+            pred = self.model(x, valid, hidden=dead).pred.float()
+        norm = self.model.normalizer
+        time = norm.time_inverse(pred[..., 1]) if pred.shape[-1] > 1 else torch.full_like(pred[..., 0], DEAD_VALUE)
+        filled_x, filled_valid = norm(norm.npho_inverse(pred[..., 0]), time)
+        return torch.where(dead[..., None], filled_x, x), torch.where(dead[..., None], filled_valid, valid)
+
+
 class DeadChannelObjective:
     """An objective whose training batches have random dead channels (``training.dead_channels``)."""
 
-    def __init__(self, objective, cfg):
+    def __init__(self, objective, cfg, normalizer):
         self.objective, self.cfg = objective, cfg
+        self.filler = InpainterFill(cfg.filler, normalizer) if cfg.filler else None
 
     def __call__(self, model, raw, batch: dict[str, torch.Tensor], generator: torch.Generator, autocast,
                  training: bool):
@@ -115,10 +148,14 @@ class DeadChannelObjective:
             dead = draw_dead_channels(len(batch["x"]), self.cfg.fraction, generator, batch["x"].device,
                                       clustered=self.cfg.clustered, varying=self.cfg.varying)
             x, valid = hide_channels(batch["x"], batch["valid"], dead, raw.normalizer)
+            if self.filler is not None:
+                x, valid = self.filler(x, valid, dead, autocast)
             batch = {**batch, "x": x, "valid": valid}
         return self.objective(model, raw, batch, generator, autocast, training)
 
 
-def with_dead_channels(objective, cfg):
+def with_dead_channels(objective, cfg, normalizer):
     """``objective`` itself when ``cfg.fraction`` is 0 (the default), else the :class:`DeadChannelObjective`."""
-    return DeadChannelObjective(objective, cfg) if cfg.fraction > 0 else objective
+    if cfg.filler and cfg.fraction == 0:
+        raise UserError("training.dead_channels.filler needs training.dead_channels.fraction > 0 (nothing to fill)")
+    return DeadChannelObjective(objective, cfg, normalizer) if cfg.fraction > 0 else objective

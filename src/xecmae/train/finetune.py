@@ -162,10 +162,11 @@ def finetune(cfg: RegressorConfig, plot: RegressionPlot | None = None, hooks: Se
 
     The encoder's shape comes from ``checkpoint.resume_from`` when that names a checkpoint
     (:func:`xecmae.train.architecture.adopt_architecture`). With ``training.dead_channels.fraction``
-    the training batches get random dead channels (:mod:`xecmae.train.deadtraining`).
+    the training batches get random dead channels (:mod:`xecmae.train.deadtraining`), filled by
+    ``training.dead_channels.filler`` when it names an inpainter.
     """
     cfg = adopt_architecture(cfg)
-    objective = with_dead_channels(RegressionObjective(cfg), cfg.training.dead_channels)
+    objective = with_dead_channels(RegressionObjective(cfg), cfg.training.dead_channels, cfg.normalizer())
     return fit(cfg, RunSpec(kind="regressor", build_model=build_regressor, objective=objective,
                             truth=True, init_from=init_regressor(cfg), param_groups=encoder_lr_groups,
                             make_report=regression_report(plot)), hooks)
