@@ -62,7 +62,7 @@ def test_the_yardstick_scores_every_method_and_a_rerun_skips_finished_runs(tmp_p
     save_checkpoint({"kind": "mae", "model_state_dict": build_mae(mae_cfg).state_dict(),
                      "config": mae_cfg.model_dump(mode="json")}, tmp_path / "mae.pth")
     args = argparse.Namespace(size="tiny", device="cpu", detector="ideal", mae=tmp_path / "mae.pth",
-                              work=tmp_path / "work", sets={"model.head_hidden": 32})
+                              work=tmp_path / "work", sets={"model.head_hidden": 32}, seed=None)
     first = ys.run_benchmark(args, preset)
     assert first["runs_done"] == 4 and first["runs_skipped"] == 0  # 4 methods x 1 budget x 1 seed
     results = first["results"]
@@ -82,6 +82,10 @@ def test_the_yardstick_scores_every_method_and_a_rerun_skips_finished_runs(tmp_p
     other = argparse.Namespace(**{**vars(args), "detector": "realistic"})
     with pytest.raises(UserError, match="other settings"):
         ys.run_benchmark(other, preset)
+    # --seed 1 of a two-seed grid runs that seed only (the classical estimate has a single seed, 0)
+    one = argparse.Namespace(**{**vars(args), "work": tmp_path / "seed1", "seed": 1})
+    alone = ys.run_benchmark(one, ys.replace(preset, seeds=2), ("classical", "scratch"))
+    assert alone["runs_done"] == 1 and [p.name for p in (one.work / "results").iterdir()] == ["scratch_b32_s1.json"]
     table = ys.markdown(first)
     assert table.count("\n") == 2 + 4 - 1 and "| classical | 32 |" in table
     assert json.loads(json.dumps(first)) == first  # the last line is plain JSON
@@ -90,16 +94,19 @@ def test_the_yardstick_scores_every_method_and_a_rerun_skips_finished_runs(tmp_p
 def test_budgets_seeds_steps_and_batch_from_the_command_line_replace_the_presets():
     ys = _yardstick()
     preset = ys.PRESETS["default"]
-    args = argparse.Namespace(budgets=[16000], seeds=1, steps=1500, sets={})
+    args = argparse.Namespace(budgets=[16000], seeds=1, steps=1500, sets={}, seed=None)
     chosen = ys.chosen_preset(preset, args)
     assert (chosen.budgets, chosen.seeds, chosen.steps) == ((16000,), 1, 1500)
     assert (chosen.batch, chosen.held_out) == (preset.batch, preset.held_out)
-    assert ys.chosen_preset(preset, argparse.Namespace(budgets=None, seeds=None, steps=None, sets={})) == preset
+    plain = argparse.Namespace(budgets=None, seeds=None, steps=None, sets={}, seed=None)
+    assert ys.chosen_preset(preset, plain) == preset
     batch = ys.chosen_preset(preset, argparse.Namespace(budgets=None, seeds=None, steps=None,
-                                                       sets={"data.batch_size": 128}))
+                                                       sets={"data.batch_size": 128}, seed=None))
     assert batch == ys.replace(preset, batch=128)  # the summary then names the batch the runs used
     with pytest.raises(UserError, match="positive"):
-        ys.chosen_preset(preset, argparse.Namespace(budgets=[0], seeds=None, steps=None, sets={}))
+        ys.chosen_preset(preset, argparse.Namespace(budgets=[0], seeds=None, steps=None, sets={}, seed=None))
+    with pytest.raises(UserError, match=r"not one of the grid's seeds 0\.\.1"):
+        ys.chosen_preset(preset, argparse.Namespace(budgets=None, seeds=2, steps=None, sets={}, seed=2))
 
 
 def test_a_gaussian_task_is_scored_with_its_pulls_on_the_fiducial_events():
