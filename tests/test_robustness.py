@@ -171,6 +171,8 @@ def test_the_training_fill_is_the_inference_fill_and_a_run_trains_with_it(sim_da
     assert seen[0]["valid"][..., 0].all() and abs((seen[0]["x"] != full_x)[..., 0].float().mean() - 0.2) < 0.01
     with pytest.raises(UserError, match="normalisation"):
         InpainterFill(models["inp"], Normalizer(npho_scale=500.0))
+    with pytest.raises(UserError, match="filler: checkpoint not found"):
+        InpainterFill(str(tmp_path / "missing.pth"), norm)
     with pytest.raises(UserError, match=r"needs training\.dead_channels\.fraction > 0"):
         finetune(tiny_config(sim_data, tmp_path / "none", schema=RegressorConfig, model={"tasks": ["position"]},
                              training={"dead_channels": {"filler": models["inp"]}}))

@@ -116,7 +116,10 @@ class InpainterFill:
     def __init__(self, checkpoint: str, normalizer):
         from xecmae.apps.trained import load_trained  # the inference loader: kind checked, EMA weights preferred
 
-        self.model = load_trained(checkpoint, ("inpainter", "mae"), "training.dead_channels.filler").model
+        try:
+            self.model = load_trained(checkpoint, ("inpainter", "mae"), "training.dead_channels.filler").model
+        except UserError as exc:
+            raise UserError(f"training.dead_channels.filler: {exc}") from exc
         self.model.requires_grad_(False)
         if self.model.normalizer != normalizer:
             raise UserError(f"training.dead_channels.filler {checkpoint}: its normalisation "
