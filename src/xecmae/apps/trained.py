@@ -1,8 +1,6 @@
-"""A trained model from its checkpoint, ready for inference: kind checked, architecture and normalisation its own.
-
-Everything that shapes the model (encoder size, tasks, normalisation, time threshold) is read
-from the configuration stored in the checkpoint, never from flags, so a checkpoint always
-rebuilds the model it was trained as. EMA weights are preferred when the run kept them.
+"""A trained model from its checkpoint, ready for inference: rebuilt as it was trained
+(:mod:`xecmae.train.rebuild`: kind checked, architecture and normalisation from the checkpoint,
+EMA weights preferred), its sigma calibration applied, on the device, in eval mode.
 """
 
 from __future__ import annotations
@@ -16,12 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from xecmae.config import SCHEMAS, RunConfig
-from xecmae.configload import validate
+from xecmae.config import RunConfig
 from xecmae.detector.normalize import Normalizer
 from xecmae.errors import UserError
-from xecmae.train.checkpoint import load_checkpoint
-from xecmae.train.initialize import checkpoint_kind, load_weights, preferred_weights
+from xecmae.train.rebuild import KIND_TEXT, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +25,6 @@ SIGMA_CALIBRATION = "sigma_calibration"
 """Checkpoint key of a regressor's sigma calibration (:mod:`xecmae.apps.sigmacal`):
 ``{"scales": {task: [[per component] per energy bin]}, "energy_edges_gev": [...], "events": N, "inputs": [...],
 "fiducial_cuts_cm": {...}}`` (no edges: one bin)."""
-
-KIND_TEXT = {"regressor": "regressor", "mae": "MAE", "inpainter": "inpainter", "encoder": "bare encoder weights"}
 
 
 @dataclass
@@ -60,20 +54,6 @@ class Trained:
                                       if self.sigma_calibration else "none")}
 
 
-def _a(noun: str) -> str:
-    return f"{'an' if noun[0] in 'aeiouAEIMU' else 'a'} {noun}"
-
-
-def _build(kind: str, cfg: RunConfig) -> nn.Module:
-    if kind == "regressor":
-        from xecmae.models.regressor import build_regressor
-
-        return build_regressor(cfg)
-    from xecmae.models import build_mae
-
-    return build_mae(cfg)
-
-
 def check_run_options(chunk_events: int, batch_size: int, device: str) -> None:
     """The options of a pass over files that can be refused before any model is loaded."""
     if chunk_events <= 0 or batch_size <= 0:
@@ -86,17 +66,8 @@ def load_trained(path: str | Path, kinds: tuple[str, ...], purpose: str,
                  device: str | torch.device = "cpu") -> Trained:
     """The model of checkpoint ``path``, which must be one of ``kinds`` (else one line saying what it is)."""
     path = str(path)
-    ckpt = load_checkpoint(path)
-    kind = checkpoint_kind(ckpt, path)
-    if kind not in kinds:
-        wanted = " or ".join(KIND_TEXT[k] for k in kinds)
-        raise UserError(f"{path} is {_a(KIND_TEXT[kind])} checkpoint; {purpose} needs {_a(wanted)} checkpoint")
-    if not isinstance(ckpt.get("config"), dict):
-        raise UserError(f"{path}: the checkpoint has no configuration, so its model cannot be rebuilt")
-    cfg = validate(ckpt["config"], SCHEMAS[kind])
-    model = _build(kind, cfg)
-    state, ema = preferred_weights(ckpt)
-    load_weights(model, state, path, "model")
+    rebuilt = rebuild(path, kinds, purpose)
+    model, ckpt = rebuilt.model, rebuilt.checkpoint
     calibration = ckpt.get(SIGMA_CALIBRATION)
     if calibration:
         try:
@@ -104,6 +75,7 @@ def load_trained(path: str | Path, kinds: tuple[str, ...], purpose: str,
         except (ValueError, KeyError, AttributeError) as exc:
             raise UserError(f"{path}: its sigma calibration does not fit its model: {exc}") from exc
     model.to(device).eval()
-    log.info("%s: %s checkpoint, %s weights, epoch %s", path, KIND_TEXT[kind], "EMA" if ema else "raw",
-             ckpt.get("epoch"))
-    return Trained(path, kind, model, cfg, ema, ckpt.get("epoch"), ckpt.get("step"), calibration or None)
+    log.info("%s: %s checkpoint, %s weights, epoch %s", path, KIND_TEXT[rebuilt.kind],
+             "EMA" if rebuilt.ema else "raw", ckpt.get("epoch"))
+    return Trained(path, rebuilt.kind, model, rebuilt.cfg, rebuilt.ema, ckpt.get("epoch"), ckpt.get("step"),
+                   calibration or None)

@@ -114,10 +114,10 @@ class InpainterFill:
     """A frozen inpainter that fills hidden channels of a normalised batch, as the inference fill does."""
 
     def __init__(self, checkpoint: str, normalizer):
-        from xecmae.apps.trained import load_trained  # the inference loader: kind checked, EMA weights preferred
+        from xecmae.train.rebuild import rebuild  # kind checked, EMA weights preferred, as at inference
 
         try:
-            self.model = load_trained(checkpoint, ("inpainter", "mae"), "training.dead_channels.filler").model
+            self.model = rebuild(checkpoint, ("inpainter", "mae"), "training.dead_channels.filler").model.eval()
         except UserError as exc:
             raise UserError(f"training.dead_channels.filler: {exc}") from exc
         self.model.requires_grad_(False)
