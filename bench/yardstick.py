@@ -420,9 +420,10 @@ def chosen_preset(preset: Preset, args: argparse.Namespace) -> Preset:
              "batch": args.sets.get("data.batch_size")}  # so that the summary names the batch the runs used
     if any(v is not None and (min(v) if isinstance(v, tuple) else v) <= 0 for v in given.values()):
         raise UserError("--budgets, --seeds, --steps and data.batch_size must be positive")
-    if args.seed is not None and not 0 <= args.seed < (args.seeds or preset.seeds):
-        raise UserError(f"--seed {args.seed} is not one of the grid's seeds 0..{(args.seeds or preset.seeds) - 1}")
-    return replace(preset, **{k: v for k, v in given.items() if v is not None})
+    chosen = replace(preset, **{k: v for k, v in given.items() if v is not None})
+    if args.seed is not None and not 0 <= args.seed < chosen.seeds:
+        raise UserError(f"--seed {args.seed} is not one of the grid's seeds 0..{chosen.seeds - 1}")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,9 @@ A hidden channel is what a dead one is at the model's input: both validity flags
 normaliser's sentinels as values. With ``filler`` (an inpainter checkpoint, frozen) the hidden
 channels are then filled by its prediction exactly as the inference fill does it
 (:func:`xecmae.apps.fill.fill_chunk`: the prediction made raw again and normalised, so a filled
-sensor below the time threshold keeps an invalid time): the regressor learns to discount what the
-inpainter gets wrong, and is meant to be run after that inpainter's fill. Validation batches are
+sensor below the time threshold keeps an invalid time), so that the regressor can learn what the
+inpainter gets wrong; it is meant to be run after that inpainter's fill (on the realistic detector
+it was no better than the regressor trained with sentinels and run after the fill: README). Validation batches are
 left as they are.
 """
 
