@@ -53,6 +53,8 @@ KINDS = {  # name: (schema, model section, builder)
                                                    "freeze_encoder": True}, build_regressor),
     "regressor_pointfit": (RegressorConfig, {"tasks": ["position", "energy", "timing"], "head": "maps",
                                              "classical_input": "pointfit"}, build_regressor),
+    "regressor_pointfit_time": (RegressorConfig, {"tasks": ["position", "energy", "timing"], "head": "maps",
+                                                  "classical_input": "pointfit_time"}, build_regressor),
 }
 MIB = 2**20
 

@@ -29,8 +29,8 @@ KINDS = {
     "inpainter": (InpainterConfig, {}, build_mae),
     "regressor_unfrozen": (RegressorConfig, {"tasks": ["position", "energy"]}, build_regressor),
     "regressor_frozen": (RegressorConfig, {"tasks": ["position", "energy"], "freeze_encoder": True}, build_regressor),
-    "regressor_pointfit": (RegressorConfig, {"tasks": ["position", "energy"], "head": "maps",
-                                             "classical_input": "pointfit"}, build_regressor),
+    "regressor_pointfit_time": (RegressorConfig, {"tasks": ["position", "energy", "timing"], "head": "maps",
+                                                  "classical_input": "pointfit_time"}, build_regressor),
 }
 
 
@@ -43,7 +43,7 @@ def make_config(kind: str, amp: bool):
 def make_batch(cfg) -> dict[str, torch.Tensor]:
     raw = EventGenerator(seed=7).generate(EVENTS)
     x, valid = cfg.normalizer()(torch.from_numpy(raw["npho"]), torch.from_numpy(raw["relative_time"]))
-    return {"x": x, "valid": valid} | {k: torch.from_numpy(raw[k]) for k in ("uvwTruth", "energyTruth")}
+    return {"x": x, "valid": valid} | {k: torch.from_numpy(raw[k]) for k in ("uvwTruth", "energyTruth", "timeTruth")}
 
 
 def make_trainer(kind: str, amp: bool, grad_accum_steps: int = 1) -> Trainer:

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from xecmae.analysis.calibration import ClassicalCalibration, fit_calibration, robust_lstsq
-from xecmae.analysis.classical import bright_time, classical_features
+from xecmae.analysis.classical import classical_features
 from xecmae.detector import geometry as geo
 from xecmae.detector.light import OPTICAL_SPEED
 from xecmae.detector.normalize import DEAD_VALUE
+from xecmae.detector.timing import bright_time
 from xecmae.errors import UserError
 from xecmae.simulate import EventGenerator, expected_photons
 from xecmae.train.resolution import resolution_metrics

@@ -6,6 +6,7 @@ import torch
 import uproot
 
 from conftest import tiny_config
+from xecmae.analysis.classical import classical_features
 from xecmae.apps.export import export_model, onnx_parity
 from xecmae.apps.graphs import make_graph
 from xecmae.apps.predict import predict_regression
@@ -45,7 +46,7 @@ def inputs(model, events, n=4):
 
 
 @pytest.mark.parametrize("frozen", [False, True])
-@pytest.mark.parametrize("classical", ["none", "centroid", "pointfit"])
+@pytest.mark.parametrize("classical", ["none", "centroid", "pointfit", "pointfit_time"])
 @pytest.mark.parametrize("head", ["tokens", "maps"])
 def test_every_head_gives_its_shapes_and_every_trainable_parameter_a_gradient(events, head, classical, frozen):
     torch.manual_seed(0)
@@ -95,6 +96,28 @@ def test_an_untrained_pointfit_regressor_predicts_the_point_source_fit(events, h
     features = model.classical(x, valid)
     light = photons.sum(1) / torch.where(valid[..., 0], solid_angle_fraction(fit.position), 0.0).sum(1)
     torch.testing.assert_close(features[:, 4].double(), light.log() - LOG_PHOTONS_REF, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("head", ["tokens", "maps"])
+def test_an_untrained_pointfit_time_regressor_predicts_the_classical_time(events, head):
+    """The in-graph time start is the classical estimate's (the same code, from the normalized input)."""
+    torch.manual_seed(0)
+    cfg = validate({"model": {"size": "tiny", "tasks": ["position", "energy", "timing"], "head": head,
+                              "classical_input": "pointfit_time"}}, RegressorConfig)
+    model = build_regressor(cfg).eval()
+    n = 16
+    with torch.no_grad():
+        out = model(*inputs(model, events, n=n))
+    classical = classical_features(events["npho"][:n].astype(np.float64),
+                                   events["relative_time"][:n].astype(np.float64))
+    got = TASK_TARGETS["timing"].decode(out["timing"])[:, 0].numpy()
+    assert np.isfinite(classical.time).all()
+    fitted = TASK_TARGETS["position"].decode(out["position"]).numpy()
+    same = np.abs(fitted - classical.uvw).max(1) < 0.05  # cm: where ten fit steps reached the converged fit
+    assert same.sum() >= n - 2
+    np.testing.assert_allclose(got[same], classical.time[same], rtol=0, atol=0.005)  # ns
+    truth = events["timeTruth"][:n]
+    assert np.abs(got - truth - np.median(got - truth)).max() < 0.5  # ns: the truth up to its offset
 
 
 def test_key_positions_are_the_centres_of_the_stage2_footprints():
@@ -174,10 +197,10 @@ def test_an_mae_encoder_loads_into_a_maps_regressor_and_trains_end_to_end_with_t
 
 @pytest.fixture(scope="module")
 def maps_checkpoint(tmp_path_factory, events):
-    """A maps + pointfit regressor with a sigma calibration in two bins of predicted energy, whose edge splits
+    """A maps + pointfit_time regressor with a sigma calibration in two bins of predicted energy, whose edge splits
     these events' predictions in halves, so that the exported graph is checked on both sides of it."""
     root = tmp_path_factory.mktemp("maps")
-    cfg = regressor_cfg(head="maps", classical_input="pointfit")  # the fit runs inside the exported graph
+    cfg = regressor_cfg(head="maps", classical_input="pointfit_time")  # the fit and its time run inside the graph
     torch.manual_seed(0)
     model = build_regressor(cfg).eval()
     with torch.no_grad():

@@ -42,7 +42,7 @@ def no_host_traffic():
             setattr(owner, name, original)
 
 
-@pytest.mark.parametrize("kind", ["mae", "regressor_unfrozen", "regressor_pointfit"])
+@pytest.mark.parametrize("kind", ["mae", "regressor_unfrozen", "regressor_pointfit_time"])
 @pytest.mark.parametrize("ema", [False, True])
 def test_training_steps_make_no_host_round_trip(kind, ema):
     trainer = make_trainer(kind, amp=False)

@@ -10,11 +10,10 @@ constants only (no generator secret, no truth), :func:`classical_features` gives
   ``s``. ``total / coverage`` is the light into 4 pi corrected for the sensors that are dead or
   that an edge event does not see;
 - ``time`` (ns, on the ``relative_time`` clock): the time of the light's emission at the fitted
-  point, from the :data:`TIME_SENSORS` brightest sensors with a valid time and at least
-  :data:`TIME_NPHO_MIN` photons, each corrected for its optical path ``d_i / v``
-  (``v`` = :data:`~xecmae.detector.light.OPTICAL_SPEED`, c / 1.61), combined as a photon-weighted
-  mean after dropping sensors more than :data:`TIME_TRIM` robust sigmas from their median (a dim
-  event without such sensors uses any sensor with a valid time; none at all gives nan); minus
+  point, from the :func:`xecmae.detector.timing.emission_time`: the brightest sensors with a valid time and at least
+  :data:`~xecmae.detector.timing.TIME_NPHO_MIN` photons, each corrected for its optical path ``d_i / v``
+  (``v`` = :data:`~xecmae.detector.light.OPTICAL_SPEED`, c / 1.61), combined as a trimmed photon-weighted
+  mean (a dim event without such sensors uses any sensor with a valid time; none at all gives nan); minus
   the gamma's flight ``|s| / c`` from the nominal target at the origin (the MEG target sits at
   the centre of the spectrometer), so it estimates ``timeTruth`` up to an offset that the
   calibration (:mod:`xecmae.analysis.calibration`) measures on labelled events (the first
@@ -33,16 +32,11 @@ import torch
 
 from xecmae.analysis.baselines import fit_point_source, source_distance
 from xecmae.detector.geometry import xyz_to_uvw
-from xecmae.detector.light import OPTICAL_SPEED, solid_angle_fraction
+from xecmae.detector.light import solid_angle_fraction
 from xecmae.detector.normalize import Normalizer
 from xecmae.detector.threads import single_thread
-from xecmae.simulate.kinematics import C_LIGHT
+from xecmae.detector.timing import TIME_NPHO_MIN, emission_time, flight_time
 
-TIME_NPHO_MIN = 500.0  # photons: about 60 photoelectrons on an MPPC, so jitter and first-photon delay < 0.2 ns
-TIME_SENSORS = 32  # the brightest sensors a time estimate combines
-TIME_TRIM = 3.0  # robust sigmas (1.4826 MAD) kept around the median of the corrected times
-TIME_SIGMA_FLOOR = 0.05  # ns, the smallest robust sigma the trim uses
-TARGET_XYZ = (0.0, 0.0, 0.0)  # cm, the nominal target centre the gamma flies from
 SECONDS_TO_NS = 1e9
 
 
@@ -79,28 +73,6 @@ class ClassicalFeatures:
             return ClassicalFeatures(**{name: np.asarray(data[name], np.float64) for name in names})
 
 
-def bright_time(time_ns: torch.Tensor, npho: torch.Tensor, usable: torch.Tensor, distance: torch.Tensor,
-                sensors: int = TIME_SENSORS, trim: float = TIME_TRIM) -> torch.Tensor:
-    """(B,) ns: the emission time at a point, from the sensors' times corrected for the optical path.
-
-    ``time_ns``, ``npho`` (photons), ``usable`` (bool) and ``distance`` (cm from the point) are
-    (B, S). The ``sensors`` brightest usable sensors give ``t_i - d_i / v``; those within
-    ``trim`` robust sigmas of their median are averaged with weights ``npho_i`` (the jitter's
-    variance falls as 1 / photoelectrons). nan for an event without a usable sensor.
-    """
-    k = min(sensors, time_ns.shape[1])
-    brightness = torch.where(usable, npho, -1.0)
-    top, index = torch.topk(brightness, k, dim=1)  # (B, k)
-    ok = top > 0
-    corrected = (time_ns.gather(1, index) - distance.gather(1, index) / OPTICAL_SPEED).masked_fill(~ok, float("nan"))
-    median = corrected.nanmedian(1, keepdim=True).values
-    sigma = 1.4826 * (corrected - median).abs().nanmedian(1, keepdim=True).values
-    keep = ok & ((corrected - median).abs() <= trim * sigma.clamp_min(TIME_SIGMA_FLOOR))
-    weight = torch.where(keep, top, 0.0)
-    mean = (weight * torch.nan_to_num(corrected)).sum(1) / weight.sum(1).clamp_min(1e-30)
-    return torch.where(keep.any(1), mean, float("nan"))
-
-
 def classical_features(npho: np.ndarray, time_s: np.ndarray, normalizer: Normalizer | None = None,
                        time_npho_min: float = TIME_NPHO_MIN) -> ClassicalFeatures:
     """(N, 4760) raw npho (photons) and relative_time (seconds) -> :class:`ClassicalFeatures`.
@@ -118,11 +90,8 @@ def classical_features(npho: np.ndarray, time_s: np.ndarray, normalizer: Normali
         omega = solid_angle_fraction(fit.position)
         coverage = torch.where(known, omega, 0.0).sum(1)
         distance = source_distance(fit.position)
-        timed = torch.from_numpy(valid_time)
-        emitted = bright_time(t_ns, y, timed & (y >= time_npho_min), distance)
-        emitted = torch.where(emitted.isnan(), bright_time(t_ns, y, timed, distance), emitted)  # a dim event
-        flight = torch.linalg.vector_norm(fit.position - torch.tensor(TARGET_XYZ, dtype=fit.position.dtype), dim=1)
-        at_target = emitted - flight / C_LIGHT
+        emitted = emission_time(t_ns, y, torch.from_numpy(valid_time), distance, time_npho_min)
+        at_target = emitted - flight_time(fit.position)
     return ClassicalFeatures(uvw=np.asarray(xyz_to_uvw(fit.position.numpy()), np.float64),
                              intensity=fit.intensity.numpy().astype(np.float64), total=y.sum(1).numpy(),
                              coverage=coverage.numpy(), time=at_target.numpy())

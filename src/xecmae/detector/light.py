@@ -33,6 +33,7 @@ from xecmae.detector import geometry as geo
 from xecmae.detector.threads import single_thread
 
 # --- the volume and the light (cm, ns, MeV) -------------------------------------------------------
+C_LIGHT = 29.9792458  # cm/ns
 OPTICAL_SPEED = 18.62  # cm/ns, c / 1.61 in liquid xenon
 XENON_INNER_RADIUS = 64.84
 XENON_OUTER_RADIUS = geo.OUTER_RADIUS  # 106.27

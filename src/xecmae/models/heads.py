@@ -24,7 +24,8 @@ from xecmae.detector import geometry as geo
 from xecmae.detector.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
 from xecmae.detector.light import solid_angle_fraction
 from xecmae.detector.normalize import Normalizer
-from xecmae.detector.pointsource import FIT_BLOCK, fit_point_source
+from xecmae.detector.pointsource import FIT_BLOCK, PointSource, fit_point_source, source_distance
+from xecmae.detector.timing import emission_time, flight_time
 from xecmae.models.encoder import HEX_DIM
 from xecmae.models.faces import outer_pool
 from xecmae.models.spec import EncoderConfig, RegressorModelConfig
@@ -81,8 +82,8 @@ def key_positions(spec: EncoderConfig) -> dict[str, torch.Tensor]:
 class CentroidEstimate(nn.Module):
     """(B, 4760, 2) normalized input + validity -> (B, 5) a cheap classical estimate, in-graph.
 
-    ``features`` is its width; ``position(estimate)`` the (B, 3) position (cm) the heads correct, or
-    None: the centroid is a hint, not a starting point.
+    ``features`` is its width; ``starts(estimate)`` the values, per task in the truth's units, that
+    the heads correct (none: the centroid is a hint, not a starting point).
 
     The light-weighted centroid (u, v, w) of the :data:`CENTROID_SENSORS` brightest valid sensors
     (divided by 10 cm), their light-weighted RMS distance from it (a depth hint, / 10 cm) and
@@ -111,9 +112,12 @@ class CentroidEstimate(nn.Module):
         return torch.cat([geo.xyz_to_uvw(centre) / 10.0, spread[:, None] / 10.0,
                           torch.log1p(total)[:, None] - 10.0], dim=1)  # (B, 5)
 
+    starts_tasks: tuple[str, ...] = ()
+
     @staticmethod
-    def position(estimate: torch.Tensor) -> None:
-        return None
+    def starts(estimate: torch.Tensor) -> dict[str, torch.Tensor]:
+        """No start: the centroid is a hint, not a starting point."""
+        return {}
 
 
 class PointFitEstimate(nn.Module):
@@ -124,37 +128,72 @@ class PointFitEstimate(nn.Module):
     gradient, no read-back to the host, so it exports): the fitted (u, v, w) / 10 cm, the log of
     its intensity and of the coverage-corrected light ``total / sum Omega`` (both minus
     :data:`LOG_PHOTONS_REF`), and ``log(chi2 / sensors)``, how point-like the light looked. The
-    heads predict the position as the fit plus a learned correction (:meth:`position`), so the
+    heads predict the position as the fit plus a learned correction (:meth:`starts`), so the
     network learns what the linear calibration of the classical estimate learns, and more.
     """
 
     features = 6
+    starts_tasks: tuple[str, ...] = ("position",)
+    """The tasks predicted as this estimate's value plus a learned correction."""
 
     def __init__(self, normalizer: Normalizer, iterations: int = POINTFIT_ITERATIONS):
         super().__init__()
         self.normalizer = normalizer
         self.iterations = iterations
 
+    def fit(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, PointSource, torch.Tensor]:
+        """The (B, 6) features, the fit itself and the (B, S) float64 photons of the valid sensors."""
+        use = valid[..., 0]
+        photons = self.normalizer.npho_inverse(torch.where(use, x[..., 0].float(), 0.0)).double()  # (B, S)
+        block = FIT_BLOCK if photons.device.type == "cpu" else None  # small blocks stay in a CPU's cache
+        fit = fit_point_source(photons, use, iterations=self.iterations, block=block, settle=False)
+        coverage = torch.where(use, solid_angle_fraction(fit.position), 0.0).sum(1)  # (B,)
+        light = photons.sum(1).clamp_min(1.0) / coverage.clamp_min(1e-6)  # as the classical total
+        quality = fit.chi2.clamp_min(1e-6) / fit.known.clamp_min(1)
+        features = torch.cat([geo.xyz_to_uvw(fit.position.float()).double() / 10.0,  # atan2 in float32 (ONNX)
+                              torch.stack([fit.intensity.clamp_min(1.0).log() - LOG_PHOTONS_REF,
+                                           light.log() - LOG_PHOTONS_REF, quality.log()], 1)], 1)
+        return features, fit, photons
+
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            use = valid[..., 0]
-            photons = self.normalizer.npho_inverse(torch.where(use, x[..., 0].float(), 0.0)).double()  # (B, S)
-            block = FIT_BLOCK if photons.device.type == "cpu" else None  # small blocks stay in a CPU's cache
-            fit = fit_point_source(photons, use, iterations=self.iterations, block=block, settle=False)
-            coverage = torch.where(use, solid_angle_fraction(fit.position), 0.0).sum(1)  # (B,)
-            light = photons.sum(1).clamp_min(1.0) / coverage.clamp_min(1e-6)  # as the classical total
-            quality = fit.chi2.clamp_min(1e-6) / fit.known.clamp_min(1)
-            return torch.cat([geo.xyz_to_uvw(fit.position.float()).double() / 10.0,  # atan2 in float32 (ONNX)
-                              torch.stack([fit.intensity.clamp_min(1.0).log() - LOG_PHOTONS_REF,
-                                           light.log() - LOG_PHOTONS_REF, quality.log()], 1)], 1).float()
+            return self.fit(x, valid)[0].float()
 
     @staticmethod
-    def position(estimate: torch.Tensor) -> torch.Tensor:
-        """(B, 3) cm: the fitted (u, v, w), to which the position head adds its correction."""
-        return estimate[:, :3] * 10.0
+    def starts(estimate: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{task: (B, size)} in the truth's units: the fitted (u, v, w) in cm."""
+        return {"position": estimate[:, :3] * 10.0}
 
 
-CLASSICAL_INPUTS = {"centroid": CentroidEstimate, "pointfit": PointFitEstimate}
+class PointFitTimeEstimate(PointFitEstimate):
+    """:class:`PointFitEstimate` and a 7th feature: the classical time (ns) at the fitted point.
+
+    :func:`~xecmae.detector.timing.emission_time` of the valid sensors' times at the fitted point,
+    minus the flight from the target (as the classical time of :mod:`xecmae.analysis.classical`,
+    0 for an event without a timed sensor). The timing head predicts it plus a learned correction,
+    whose bias learns the estimate's offset from ``timeTruth`` (the scintillation delay and the
+    first interaction's depth make the bright sensors' time late by about a nanosecond).
+    """
+
+    features = 7
+    starts_tasks = ("position", "timing")
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            features, fit, photons = self.fit(x, valid)
+            timed = valid[..., 1]
+            time_ns = self.normalizer.time_inverse(torch.where(timed, x[..., 1].float(), 0.0)).double() * 1e9
+            emitted = emission_time(time_ns, photons, timed, source_distance(fit.position))
+            at_target = torch.nan_to_num(emitted - flight_time(fit.position), nan=0.0)
+            return torch.cat([features, at_target[:, None]], 1).float()
+
+    @staticmethod
+    def starts(estimate: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{task: (B, size)} in the truth's units: the fitted (u, v, w) in cm and the time in ns."""
+        return {"position": estimate[:, :3] * 10.0, "timing": estimate[:, 6:7]}
+
+
+CLASSICAL_INPUTS = {"centroid": CentroidEstimate, "pointfit": PointFitEstimate, "pointfit_time": PointFitTimeEstimate}
 
 
 # --- attention pooling over the feature maps ---------------------------------------------------------
@@ -216,7 +255,8 @@ class MapHeads(nn.Module):
             task: nn.Sequential(nn.Linear(2 * map_dim + extra, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                 nn.Linear(hidden, width)) for task, width in outputs.items()})
         self.heatmap = None
-        if "position" in outputs and spec.classical_input != "pointfit":  # the fit is the better start
+        estimate = CLASSICAL_INPUTS.get(spec.classical_input)
+        if "position" in outputs and "position" not in getattr(estimate, "starts_tasks", ()):  # a fit starts better
             self.heatmap = nn.Sequential(nn.Conv2d(grid_channels, map_dim, 3, padding=1), nn.GELU(),
                                          nn.Conv2d(map_dim, 1, 1))
             nn.init.zeros_(self.heatmap[-1].weight)  # starts uniform: the expectation is the face's centre

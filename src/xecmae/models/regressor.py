@@ -100,10 +100,11 @@ class XECRegressor(EncoderModel):
             self.heads = nn.ModuleDict({t: RegressionHead(dim, hidden, outputs[t], extra) for t in self.tasks})
         else:
             self.heads = MapHeads(spec, outputs, extra=extra, position_scale=TASK_TARGETS["position"].scale[:2])
-        if "position" in self.tasks and spec.classical_input == "pointfit":
-            last = (self.heads["position"].mlp if spec.head == "tokens" else self.heads.mlps["position"])[-1]
-            nn.init.zeros_(last.weight.data[:3])  # untrained, the position is the fit's (the log-variance is free)
-            nn.init.zeros_(last.bias.data[:3])
+        for task in set(getattr(estimate, "starts_tasks", ())) & set(self.tasks):
+            last = (self.heads[task].mlp if spec.head == "tokens" else self.heads.mlps[task])[-1]
+            size = TASK_TARGETS[task].size  # untrained, the task is the estimate's (the log-variance is free)
+            nn.init.zeros_(last.weight.data[:size])
+            nn.init.zeros_(last.bias.data[:size])
         for task in self.gaussian_tasks:  # not in the state dict: a checkpoint carries it beside the weights
             self.register_buffer(f"{task}_log_var_shift", torch.zeros(1, TASK_TARGETS[task].size), persistent=False)
         self.register_buffer("sigma_energy_edges", torch.zeros(0), persistent=False)  # scaled energy units
@@ -152,10 +153,11 @@ class XECRegressor(EncoderModel):
         else:
             tokens = self.encoder(x, valid)  # (B, 6, D)
             raw = {task: head(tokens, extra) for task, head in self.heads.items()}
-        start = None if extra is None else self.classical.position(extra)  # (B, 3) cm or None
-        if start is not None and "position" in raw:
-            position = raw["position"]
-            raw["position"] = torch.cat([position[:, :3] + TASK_TARGETS["position"].encode(start), position[:, 3:]], 1)
+        starts = {} if extra is None else self.classical.starts(extra)  # {task: (B, size)} in the truth's units
+        for task, start in starts.items():
+            if task in raw:  # the head learns the correction to the classical estimate
+                size, value = TASK_TARGETS[task].size, raw[task]
+                raw[task] = torch.cat([value[:, :size] + TASK_TARGETS[task].encode(start), value[:, size:]], 1)
         if not self.gaussian_tasks:
             return raw
         out = {}

@@ -152,10 +152,12 @@ class RegressorModelConfig(EncoderConfig):
     every face's feature map before pooling, and a soft-argmax on the inner face for u, v."""
     map_dim: Annotated[Annotated[int, Field(gt=0, multiple_of=16)], SHAPE] = 64
     """Width of the maps head's keys and queries (head: maps), in attention heads of 16."""
-    classical_input: Annotated[Literal["none", "centroid", "pointfit"], SHAPE] = "none"
+    classical_input: Annotated[Literal["none", "centroid", "pointfit", "pointfit_time"], SHAPE] = "none"
     """centroid: the light-weighted centroid of the brightest sensors and log total npho as extra head inputs;
     pointfit: the point-source fit (position, light, fit quality) as inputs, and the position predicted as the
-    fit plus a learned correction (:class:`xecmae.models.heads.PointFitEstimate`)."""
+    fit plus a learned correction (:class:`xecmae.models.heads.PointFitEstimate`); pointfit_time: that, and the
+    bright sensors' time at the fitted point as a 7th input, the timing predicted as it plus a learned
+    correction (:class:`xecmae.models.heads.PointFitTimeEstimate`)."""
 
     @field_validator("classical_input", mode="before")
     @classmethod

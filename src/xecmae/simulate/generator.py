@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from xecmae.detector import geometry as geo
-from xecmae.detector.light import FRAME_ORIGIN, PHOTONS_PER_MEV, deposit_light, make_optics
+from xecmae.detector.light import C_LIGHT, FRAME_ORIGIN, PHOTONS_PER_MEV, deposit_light, make_optics
 from xecmae.detector.threads import single_thread
 from xecmae.errors import UserError
 from xecmae.simulate.deadmaps import clustered_dead_mask, dead_mask_from_ids, random_dead_mask
-from xecmae.simulate.kinematics import C_LIGHT, first_interaction, parse_spectrum
+from xecmae.simulate.kinematics import first_interaction, parse_spectrum
 from xecmae.simulate.response import detect, ideal_response, realistic_response
 from xecmae.simulate.shower import ideal_shower, realistic_shower
 from xecmae.simulate.spec import DetectorSpec, detector_spec

@@ -19,7 +19,6 @@ from xecmae.detector.light import XENON_INNER_RADIUS, in_xenon
 from xecmae.errors import UserError
 
 SIGNAL_ENERGY = 52.83  # MeV, mu -> e gamma
-C_LIGHT = 29.9792458  # cm/ns
 VERTEX_SIGMA = (1.0, 1.0, 3.5)  # cm
 COS_THETA_MAX = 0.42
 PHI_MAX = 66.0  # deg
