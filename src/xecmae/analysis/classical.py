@@ -35,9 +35,7 @@ from xecmae.detector.geometry import xyz_to_uvw
 from xecmae.detector.light import solid_angle_fraction
 from xecmae.detector.normalize import Normalizer
 from xecmae.detector.threads import single_thread
-from xecmae.detector.timing import TIME_NPHO_MIN, emission_time, flight_time
-
-SECONDS_TO_NS = 1e9
+from xecmae.detector.timing import SECONDS_TO_NS, TIME_NPHO_MIN, emission_time, flight_time
 
 
 @dataclass

@@ -17,6 +17,7 @@ TIME_SENSORS = 32  # the brightest sensors a time estimate combines
 TIME_TRIM = 3.0  # robust sigmas (1.4826 MAD) kept around the median of the corrected times
 TIME_SIGMA_FLOOR = 0.05  # ns, the smallest robust sigma the trim uses
 TARGET_XYZ = (0.0, 0.0, 0.0)  # cm, the nominal target centre the gamma flies from
+SECONDS_TO_NS = 1e9
 
 
 def _lower_median(values: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from xecmae.detector.geometry import FACE_NAMES, HEX_FACES, RECT_FACES
 from xecmae.detector.light import solid_angle_fraction
 from xecmae.detector.normalize import Normalizer
 from xecmae.detector.pointsource import FIT_BLOCK, PointSource, fit_point_source, source_distance
-from xecmae.detector.timing import emission_time, flight_time
+from xecmae.detector.timing import SECONDS_TO_NS, emission_time, flight_time
 from xecmae.models.encoder import HEX_DIM
 from xecmae.models.faces import outer_pool
 from xecmae.models.spec import EncoderConfig, RegressorModelConfig
@@ -141,7 +141,7 @@ class PointFitEstimate(nn.Module):
         self.normalizer = normalizer
         self.iterations = iterations
 
-    def fit(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, PointSource, torch.Tensor]:
+    def fit_features(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, PointSource, torch.Tensor]:
         """The (B, 6) features, the fit itself and the (B, S) float64 photons of the valid sensors."""
         use = valid[..., 0]
         photons = self.normalizer.npho_inverse(torch.where(use, x[..., 0].float(), 0.0)).double()  # (B, S)
@@ -157,7 +157,7 @@ class PointFitEstimate(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            return self.fit(x, valid)[0].float()
+            return self.fit_features(x, valid)[0].float()
 
     @staticmethod
     def starts(estimate: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -171,8 +171,8 @@ class PointFitTimeEstimate(PointFitEstimate):
     :func:`~xecmae.detector.timing.emission_time` of the valid sensors' times at the fitted point,
     minus the flight from the target (as the classical time of :mod:`xecmae.analysis.classical`,
     0 for an event without a timed sensor). The timing head predicts it plus a learned correction,
-    whose bias learns the estimate's offset from ``timeTruth`` (the scintillation delay and the
-    first interaction's depth make the bright sensors' time late by about a nanosecond).
+    whose bias learns the estimate's offset from ``timeTruth`` (what the classical calibration
+    measures on labelled events; a few tenths of a nanosecond on the simulated detector).
     """
 
     features = 7
@@ -180,9 +180,9 @@ class PointFitTimeEstimate(PointFitEstimate):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            features, fit, photons = self.fit(x, valid)
+            features, fit, photons = self.fit_features(x, valid)
             timed = valid[..., 1]
-            time_ns = self.normalizer.time_inverse(torch.where(timed, x[..., 1].float(), 0.0)).double() * 1e9
+            time_ns = self.normalizer.time_inverse(torch.where(timed, x[..., 1].float(), 0.0)).double() * SECONDS_TO_NS
             emitted = emission_time(time_ns, photons, timed, source_distance(fit.position))
             at_target = torch.nan_to_num(emitted - flight_time(fit.position), nan=0.0)
             return torch.cat([features, at_target[:, None]], 1).float()
