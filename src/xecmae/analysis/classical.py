@@ -10,10 +10,11 @@ constants only (no generator secret, no truth), :func:`classical_features` gives
   ``s``. ``total / coverage`` is the light into 4 pi corrected for the sensors that are dead or
   that an edge event does not see;
 - ``time`` (ns, on the ``relative_time`` clock): the time of the light's emission at the fitted
-  point, from the :func:`xecmae.detector.timing.emission_time`: the brightest sensors with a valid time and at least
-  :data:`~xecmae.detector.timing.TIME_NPHO_MIN` photons, each corrected for its optical path ``d_i / v``
-  (``v`` = :data:`~xecmae.detector.light.OPTICAL_SPEED`, c / 1.61), combined as a trimmed photon-weighted
-  mean (a dim event without such sensors uses any sensor with a valid time; none at all gives nan); minus
+  point (:func:`xecmae.detector.timing.emission_time`): the brightest sensors with a valid time
+  and at least :data:`~xecmae.detector.timing.TIME_NPHO_MIN` photons, each corrected for its
+  optical path ``d_i / v`` (``v`` = :data:`~xecmae.detector.light.OPTICAL_SPEED`, c / 1.61),
+  combined as a trimmed photon-weighted mean (a dim event without such sensors uses any sensor
+  with a valid time; none at all gives nan); minus
   the gamma's flight ``|s| / c`` from the nominal target at the origin (the MEG target sits at
   the centre of the spectrometer), so it estimates ``timeTruth`` up to an offset that the
   calibration (:mod:`xecmae.analysis.calibration`) measures on labelled events (the first

@@ -79,11 +79,26 @@ def key_positions(spec: EncoderConfig) -> dict[str, torch.Tensor]:
 
 
 # --- the classical estimate fed to the heads ----------------------------------------------------------
-class CentroidEstimate(nn.Module):
+class ClassicalEstimate(nn.Module):
+    """(B, 4760, 2) normalized input + validity -> (B, features): an in-graph classical estimate.
+
+    ``start_columns`` names the tasks the heads predict as the estimate plus a learned correction:
+    ``(task, first, end, scale)`` each, the estimate's columns ``first:end`` times ``scale`` being the
+    task's start in the truth's units.
+    """
+
+    features: int
+    start_columns: tuple[tuple[str, int, int, float], ...] = ()
+
+    def starts(self, estimate: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{task: (B, size)} in the truth's units: the values the heads correct."""
+        return {task: estimate[:, a:b] * scale for task, a, b, scale in self.start_columns}
+
+
+class CentroidEstimate(ClassicalEstimate):
     """(B, 4760, 2) normalized input + validity -> (B, 5) a cheap classical estimate, in-graph.
 
-    ``features`` is its width; ``starts(estimate)`` the values, per task in the truth's units, that
-    the heads correct (none: the centroid is a hint, not a starting point).
+    No start: the centroid is a hint, not a starting point.
 
     The light-weighted centroid (u, v, w) of the :data:`CENTROID_SENSORS` brightest valid sensors
     (divided by 10 cm), their light-weighted RMS distance from it (a depth hint, / 10 cm) and
@@ -112,15 +127,8 @@ class CentroidEstimate(nn.Module):
         return torch.cat([geo.xyz_to_uvw(centre) / 10.0, spread[:, None] / 10.0,
                           torch.log1p(total)[:, None] - 10.0], dim=1)  # (B, 5)
 
-    starts_tasks: tuple[str, ...] = ()
 
-    @staticmethod
-    def starts(estimate: torch.Tensor) -> dict[str, torch.Tensor]:
-        """No start: the centroid is a hint, not a starting point."""
-        return {}
-
-
-class PointFitEstimate(nn.Module):
+class PointFitEstimate(ClassicalEstimate):
     """(B, 4760, 2) normalized input + validity -> (B, 6) the classical point-source fit, in-graph.
 
     :func:`~xecmae.detector.pointsource.fit_point_source` of the ideal light model to the valid
@@ -128,13 +136,12 @@ class PointFitEstimate(nn.Module):
     gradient, no read-back to the host, so it exports): the fitted (u, v, w) / 10 cm, the log of
     its intensity and of the coverage-corrected light ``total / sum Omega`` (both minus
     :data:`LOG_PHOTONS_REF`), and ``log(chi2 / sensors)``, how point-like the light looked. The
-    heads predict the position as the fit plus a learned correction (:meth:`starts`), so the
+    heads predict the position as the fit (in cm) plus a learned correction, so the
     network learns what the linear calibration of the classical estimate learns, and more.
     """
 
     features = 6
-    starts_tasks: tuple[str, ...] = ("position",)
-    """The tasks predicted as this estimate's value plus a learned correction."""
+    start_columns = (("position", 0, 3, 10.0),)  # cm
 
     def __init__(self, normalizer: Normalizer, iterations: int = POINTFIT_ITERATIONS):
         super().__init__()
@@ -159,11 +166,6 @@ class PointFitEstimate(nn.Module):
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             return self.fit_features(x, valid)[0].float()
 
-    @staticmethod
-    def starts(estimate: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{task: (B, size)} in the truth's units: the fitted (u, v, w) in cm."""
-        return {"position": estimate[:, :3] * 10.0}
-
 
 class PointFitTimeEstimate(PointFitEstimate):
     """:class:`PointFitEstimate` and a 7th feature: the classical time (ns) at the fitted point.
@@ -176,7 +178,7 @@ class PointFitTimeEstimate(PointFitEstimate):
     """
 
     features = 7
-    starts_tasks = ("position", "timing")
+    start_columns = (*PointFitEstimate.start_columns, ("timing", 6, 7, 1.0))  # ns
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
@@ -187,13 +189,14 @@ class PointFitTimeEstimate(PointFitEstimate):
             at_target = torch.nan_to_num(emitted - flight_time(fit.position), nan=0.0)
             return torch.cat([features, at_target[:, None]], 1).float()
 
-    @staticmethod
-    def starts(estimate: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{task: (B, size)} in the truth's units: the fitted (u, v, w) in cm and the time in ns."""
-        return {"position": estimate[:, :3] * 10.0, "timing": estimate[:, 6:7]}
-
 
 CLASSICAL_INPUTS = {"centroid": CentroidEstimate, "pointfit": PointFitEstimate, "pointfit_time": PointFitTimeEstimate}
+
+
+def start_tasks(classical_input: str) -> tuple[str, ...]:
+    """The tasks that ``model.classical_input`` gives a start to (none for ``none`` and ``centroid``)."""
+    estimate = CLASSICAL_INPUTS.get(classical_input)
+    return () if estimate is None else tuple(task for task, *_ in estimate.start_columns)
 
 
 # --- attention pooling over the feature maps ---------------------------------------------------------
@@ -255,8 +258,7 @@ class MapHeads(nn.Module):
             task: nn.Sequential(nn.Linear(2 * map_dim + extra, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                 nn.Linear(hidden, width)) for task, width in outputs.items()})
         self.heatmap = None
-        estimate = CLASSICAL_INPUTS.get(spec.classical_input)
-        if "position" in outputs and "position" not in getattr(estimate, "starts_tasks", ()):  # a fit starts better
+        if "position" in outputs and "position" not in start_tasks(spec.classical_input):  # a fit starts better
             self.heatmap = nn.Sequential(nn.Conv2d(grid_channels, map_dim, 3, padding=1), nn.GELU(),
                                          nn.Conv2d(map_dim, 1, 1))
             nn.init.zeros_(self.heatmap[-1].weight)  # starts uniform: the expectation is the face's centre

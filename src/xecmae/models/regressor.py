@@ -19,7 +19,7 @@ from torch import nn
 from xecmae.detector.geometry import FACE_NAMES
 from xecmae.detector.normalize import Normalizer
 from xecmae.models.encoder import EncoderModel, XECEncoder
-from xecmae.models.heads import CLASSICAL_INPUTS, MapHeads, bounded_log_var
+from xecmae.models.heads import CLASSICAL_INPUTS, MapHeads, bounded_log_var, start_tasks
 from xecmae.models.precision import in_fp32
 from xecmae.models.spec import TASKS, RegressorModelConfig
 
@@ -100,7 +100,7 @@ class XECRegressor(EncoderModel):
             self.heads = nn.ModuleDict({t: RegressionHead(dim, hidden, outputs[t], extra) for t in self.tasks})
         else:
             self.heads = MapHeads(spec, outputs, extra=extra, position_scale=TASK_TARGETS["position"].scale[:2])
-        for task in set(getattr(estimate, "starts_tasks", ())) & set(self.tasks):
+        for task in set(start_tasks(spec.classical_input)) & set(self.tasks):
             last = (self.heads[task].mlp if spec.head == "tokens" else self.heads.mlps[task])[-1]
             size = TASK_TARGETS[task].size  # untrained, the task is the estimate's (the log-variance is free)
             nn.init.zeros_(last.weight.data[:size])
